@@ -1,0 +1,187 @@
+"""Datasets, label noise and the device augmentation path."""
+import argparse
+import hashlib
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+import torchvision.transforms.functional as TF
+
+import utils
+
+
+def data_args(tmp_path, **kw):
+    base = dict(datasets="DIGITS", data_root=str(tmp_path / "data"), smalldatasets=None, corrupt=0.0,
+                randomseed=1, save_dir=str(tmp_path), batch_size=64, loader="memory", workers=0)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_digits_is_a_fixed_stratified_1437_360_split():
+    train, test = utils.load_digits(True), utils.load_digits(False)
+    assert len(train) == 1437 and len(test) == 360
+    assert train.images.shape[1:] == (3, 32, 32) and train.images.dtype == torch.uint8
+    counts = torch.bincount(test.labels, minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37  # stratified
+    again = utils.load_digits(False)
+    assert torch.equal(test.images, again.images) and torch.equal(test.labels, again.labels)
+
+
+def test_noisy_labels_fraction_uniformity_and_determinism():
+    labels = torch.zeros(20000, dtype=torch.int64)
+    new, chosen = utils.noisy_labels(labels, 0.3, 100, seed=5)
+    again, chosen2 = utils.noisy_labels(labels, 0.3, 100, seed=5)
+    other, _ = utils.noisy_labels(labels, 0.3, 100, seed=6)
+    assert torch.equal(new, again) and np.array_equal(chosen, chosen2)
+    assert not torch.equal(new, other)
+    assert len(chosen) == 6000
+    untouched = np.setdiff1d(np.arange(20000), chosen)
+    assert (new[untouched] == 0).all()
+    # Drawn from all 100 classes (the authors drew from 10 even on CIFAR-100).
+    hist = torch.bincount(new[chosen], minlength=100)
+    assert hist.numel() == 100 and hist.min() > 30 and hist.max() < 95
+
+
+def test_noise_record_written_and_checked(tmp_path):
+    args = data_args(tmp_path, corrupt=0.2)
+    train, _ = utils.load_data(args, write_noise_record=True)
+    record = json.load(open(tmp_path / "noisy_labels.json"))
+    clean = utils.load_digits(True).labels
+    changed = torch.nonzero(train.labels != clean).flatten().tolist()
+    assert set(changed) <= set(record["indices"]) and len(record["indices"]) == round(0.2 * 1437)
+    assert record["changed"] == len(changed)
+    # The other scripts recompute the same labels and check them against the record.
+    train2, _ = utils.load_data(args)
+    assert torch.equal(train.labels, train2.labels)
+    with pytest.raises(utils.UsageError, match="noisy labels"):
+        utils.load_data(data_args(tmp_path, corrupt=0.2, randomseed=2))
+
+
+def test_smalldatasets_takes_the_first_fraction(tmp_path):
+    train, _ = utils.load_data(data_args(tmp_path, smalldatasets=0.25))
+    full = utils.load_digits(True)
+    assert len(train) == int(1437 * 0.25)
+    assert torch.equal(train.images, full.images[:len(train)])
+
+
+def test_crop_flip_equals_torchvision_for_the_same_offsets():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=g)
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    top, left = torch.randint(9, (16,), generator=g), torch.randint(9, (16,), generator=g)
+    flip = torch.rand(16, generator=g) < 0.5
+    ours = utils.crop_flip(padded, top, left, flip)
+    for i in range(16):
+        ref = TF.crop(TF.pad(images[i], [4]), int(top[i]), int(left[i]), 32, 32)
+        if flip[i]:
+            ref = TF.hflip(ref)
+        assert torch.equal(ours[i], ref)
+
+
+def test_memory_loader_augmentation_distribution():
+    """Offsets uniform over the 9x9 positions and flips at 1/2, like RandomCrop + RandomHorizontalFlip."""
+    n = 9000
+    images = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
+    images[:, :, 0, 0] = 255  # a marker pixel: its position reveals the crop and the flip
+    data = utils.ImageSet(images, torch.zeros(n, dtype=torch.int64), 10, (0.0,) * 3, (1.0,) * 3, True)
+    loader = utils.MemoryLoader(data, 1000, torch.device("cpu"), shuffle=True, seed=1)
+    positions = []
+    for x, _ in loader:
+        hits = (x[:, 0] > 0.5).nonzero()
+        positions.append(hits)
+    pos = torch.cat(positions)
+    seen_rows, seen_cols = pos[:, 1], pos[:, 2]
+    # The marker is visible when the crop starts at or before it: rows 0..4 -> row 4 - top.
+    visible = len(pos) / n
+    assert abs(visible - 25 / 81) < 0.03
+    assert set(seen_rows.tolist()) == set(range(5))
+    row_freq = torch.bincount(seen_rows, minlength=5).float() / len(pos)
+    assert (row_freq - 0.2).abs().max() < 0.03  # each crop offset equally likely
+    flipped = (seen_cols > 15).float().mean().item()
+    assert abs(flipped - 0.5) < 0.05
+
+
+def test_memory_loader_same_seed_same_batches():
+    data = utils.load_synthetic(True, n_train=500)
+    a = [x for x, _ in utils.MemoryLoader(data, 100, torch.device("cpu"), True, seed=3)]
+    b = [x for x, _ in utils.MemoryLoader(data, 100, torch.device("cpu"), True, seed=3)]
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def _write_cifar(root, cifar100, n_train=50, n_test=20):
+    rng = np.random.default_rng(0)
+    folder = root / ("cifar-100-python" if cifar100 else "cifar-10-batches-py")
+    folder.mkdir(parents=True)
+    classes = 100 if cifar100 else 10
+    label_key = "fine_labels" if cifar100 else "labels"
+    written = {}
+
+    def dump(name, obj):
+        with open(folder / name, "wb") as f:
+            pickle.dump(obj, f)
+        written[name] = hashlib.md5((folder / name).read_bytes()).hexdigest()
+
+    batches = ["train"] if cifar100 else [f"data_batch_{i}" for i in range(1, 6)]
+    per = n_train // len(batches)
+    all_x, all_y = [], []
+    for name in batches:
+        x = rng.integers(0, 256, (per, 3072), dtype=np.uint8)
+        y = rng.integers(0, classes, per).tolist()
+        dump(name, {"data": x, label_key: y})
+        all_x.append(x)
+        all_y += y
+    test_name = "test" if cifar100 else "test_batch"
+    tx = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
+    dump(test_name, {"data": tx, label_key: rng.integers(0, classes, n_test).tolist()})
+    meta_name, key = ("meta", "fine_label_names") if cifar100 else ("batches.meta", "label_names")
+    dump(meta_name, {key: [f"class{i}" for i in range(classes)]})
+    return written, np.concatenate(all_x), all_y, batches, test_name, meta_name, key
+
+
+@pytest.mark.parametrize("cifar100", [False, True])
+def test_cifar_through_torchvision_on_a_small_archive(tmp_path, monkeypatch, cifar100):
+    written, x, y, batches, test_name, meta_name, key = _write_cifar(tmp_path / "data", cifar100)
+    cls = torchvision.datasets.CIFAR100 if cifar100 else torchvision.datasets.CIFAR10
+    # Only the checksums of torchvision's file list are replaced by those of the files written here.
+    monkeypatch.setattr(cls, "train_list", [[b, written[b]] for b in batches])
+    monkeypatch.setattr(cls, "test_list", [[test_name, written[test_name]]])
+    monkeypatch.setattr(cls, "meta", {"filename": meta_name, "key": key, "md5": written[meta_name]})
+    name = "CIFAR100" if cifar100 else "CIFAR10"
+    args = data_args(tmp_path, datasets=name, corrupt=0.5)
+    train, test = utils.load_data(args, write_noise_record=True)
+    assert len(train) == 50 and len(test) == 20 and train.num_classes == (100 if cifar100 else 10)
+    assert torch.equal(train.images, torch.from_numpy(x.reshape(-1, 3, 32, 32)))
+    assert train.augment and not test.augment
+    expected_mean = utils.CIFAR100_MEAN if cifar100 else utils.IMAGENET_MEAN
+    assert train.mean == expected_mean
+    clean = torch.tensor(y)
+    record = json.load(open(tmp_path / "noisy_labels.json"))
+    assert record["num_classes"] == train.num_classes and len(record["indices"]) == 25
+    assert torch.equal(train.labels[record["indices"]], torch.tensor(record["labels"]))
+    untouched = np.setdiff1d(np.arange(50), record["indices"])
+    assert torch.equal(train.labels[untouched], clean[untouched])
+    # Batches are normalised with the dataset's statistics and augmented.
+    loader = utils.make_loader(train, args, torch.device("cpu"), shuffle=True, seed=0)
+    xb, yb = next(iter(loader))
+    assert xb.shape == (50, 3, 32, 32) and xb.dtype == torch.float32
+
+
+def test_cifar_without_archive_or_network_is_one_clear_error(tmp_path):
+    args = data_args(tmp_path, datasets="CIFAR10", data_root=str(tmp_path / "nothing"))
+    with pytest.raises(utils.UsageError, match="--data-root"):
+        utils.load_data(args)
+
+
+def test_dataloader_path_matches_memory_path_without_augmentation():
+    data = utils.load_digits(False)
+    args = argparse.Namespace(batch_size=100, loader="dataloader", workers=0)
+    dl = [x for x, _ in utils.make_loader(data, args, torch.device("cpu"), shuffle=False)]
+    args.loader = "memory"
+    mem = [x for x, _ in utils.make_loader(data, args, torch.device("cpu"), shuffle=False)]
+    assert len(dl) == len(mem)
+    for a, b in zip(dl, mem):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -1,0 +1,86 @@
+"""The model zoo: every registered --arch at the reference size, trainable, and reproducible."""
+import json
+import os
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models
+from conftest import REFERENCE, ROOT
+
+with open(REFERENCE) as f:
+    REFERENCE_COUNTS = json.load(f)["counts"]
+
+# Registered on top of the reference zoo: other depths/widths of the wide ResNet.
+EXTRA_NAMES = {"wrn16_4", "wrn28_10"}
+
+
+def test_registry_covers_the_reference_zoo():
+    names = set(models.names())
+    assert set(REFERENCE_COUNTS) <= names
+    assert names - set(REFERENCE_COUNTS) == EXTRA_NAMES
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_architecture_size_forward_and_backward(name):
+    torch.manual_seed(0)
+    for classes in (10, 100):
+        model = models.build(name, num_classes=classes)
+        count = sum(p.numel() for p in model.parameters())
+        expected = REFERENCE_COUNTS.get(name, {}).get(str(classes))
+        if expected is not None:
+            assert count == expected, f"{name} with {classes} classes: {count} != {expected}"
+        model.train()
+        x = torch.randn(2, 3, 32, 32)
+        out = model(x)
+        assert out.shape == (2, classes)
+        F.cross_entropy(out, torch.tensor([0, classes - 1])).backward()
+        with_grad = sum(p.numel() for p in model.parameters() if p.grad is not None)
+        assert with_grad > 0.5 * count  # the loss reaches the network (NASNet keeps unused adapters)
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        del model, out
+
+
+def test_unknown_arch_lists_the_known_names():
+    with pytest.raises(models.UnknownArchError) as e:
+        models.build("resnet21")
+    assert "resnet21" in str(e.value) and "resnet20" in str(e.value) and "vgg16" in str(e.value)
+
+
+def test_wide_resnet_depth_and_width_are_selectable():
+    from models.wideresnet import wide_resnet
+    model = wide_resnet(10, 2, num_classes=7)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    with pytest.raises(ValueError):
+        wide_resnet(11, 2)
+
+
+@pytest.mark.parametrize("name", ["stochasticdepth18"])
+def test_stochastic_depth_is_reproducible(name):
+    x = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    model = models.build(name, 10)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    model.train()
+    outs = []
+    for seed in (5, 5, 6, 6):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            outs.append(torch.stack([model(x) for _ in range(6)]))
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[2], outs[3])
+    assert not torch.equal(outs[0], outs[2])  # the seed matters: blocks really are dropped
+
+
+def test_readme_table_matches_the_registry():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    block = text.split("<!-- models:start -->")[1].split("<!-- models:end -->")[0]
+    rows = re.findall(r"^\| `(\w+)` \| (\w+) \| ([\d,]+) \| ([\d,]+) \|$", block, re.M)
+    assert sorted(r[0] for r in rows) == models.names()
+    for name, family, c10, c100 in rows:
+        assert family == models.family(name)
+        if name in REFERENCE_COUNTS:
+            assert int(c100.replace(",", "")) == REFERENCE_COUNTS[name]["100"]

@@ -1,0 +1,50 @@
+"""Write the README's table of architectures from the registry (names, families, parameter counts).
+
+    python tools/model_table.py            # print the table
+    python tools/model_table.py --update   # replace the table between the markers in README.md
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import models  # noqa: E402
+
+START, END = "<!-- models:start -->", "<!-- models:end -->"
+
+
+def count(name, classes):
+    with torch.device("meta"):  # shapes only: no memory, no initialisation time
+        model = models.build(name, classes)
+    return sum(p.numel() for p in model.parameters())
+
+
+def table():
+    rows = ["| `--arch` | family | parameters (10 classes) | parameters (100 classes) |",
+            "|---|---|---:|---:|"]
+    for name in sorted(models.names(), key=lambda n: (models.family(n), count(n, 100))):
+        rows.append(f"| `{name}` | {models.family(name)} | {count(name, 10):,} | {count(name, 100):,} |")
+    return "\n".join(rows)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--update", action="store_true", help="rewrite the table in README.md")
+    args = p.parse_args()
+    text = table()
+    if not args.update:
+        print(text)
+        return
+    path = os.path.join(ROOT, "README.md")
+    readme = open(path).read()
+    head, rest = readme.split(START)
+    _, tail = rest.split(END)
+    with open(path, "w") as f:
+        f.write(f"{head}{START}\n{text}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Step 1 of DLDR: train normally and sample the trajectory.
+
+Saves the model's state dict before training (0.pt) and after every epoch E (E.pt) in --save-dir,
+plus run.json (provenance), results_sgd.json (per-epoch metrics) and checkpoint.pt (exact resume).
+
+    python -u train_sgd.py --datasets CIFAR10 --arch resnet20 --epochs 150 --save-dir save_resnet20
+"""
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+import utils
+
+
+def build_parser():
+    p = utils.ArgumentParser(description="DLDR step 1: SGD training that samples the trajectory")
+    utils.add_common_arguments(p, epochs=200, lr=None, batch_size=128)
+    p.add_argument("--momentum", default=0.9, type=float, metavar="M", help="momentum (default: 0.9)")
+    p.add_argument("--weight-decay", "--weight_decay", "--wd", dest="weight_decay", default=1e-4,
+                   type=float, metavar="W", help="weight decay (default: 1e-4)")
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"),
+                   help="sgd (default) or adam")
+    p.add_argument("--milestones", default=None, type=lambda s: [int(v) for v in s.split(",") if v],
+                   metavar="E1,E2", help="epochs where the LR drops 10x (default: 100,150 for "
+                   "CIFAR10 and others, 150 for CIFAR100)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the samples of another run in --save-dir")
+    p.add_argument("--amp", default=None, choices=("bf16", "fp16"),
+                   help="autocast precision (fp16 uses loss scaling); --half means fp16")
+    return p
+
+
+def validate_args(args):
+    utils.check_arch_name(args.arch)
+    utils.check_dataset_name(args.datasets)
+    device = utils.resolve_device(args.device)
+    if args.lr is not None and not args.lr > 0:
+        raise utils.UsageError(f"--lr {args.lr}: must be positive")
+    if args.milestones is not None and any(m <= 0 for m in args.milestones):
+        raise utils.UsageError(f"--milestones {args.milestones}: epochs must be positive")
+    if args.resume and args.overwrite:
+        raise utils.UsageError("--resume and --overwrite contradict each other; choose one")
+    if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
+        raise utils.UsageError(f"--resume: no checkpoint at {args.resume}")
+    existing = utils.available_samples(args.save_dir)
+    if existing and not (args.resume or args.overwrite or args.evaluate):
+        raise utils.UsageError(
+            f"--save-dir {args.save_dir} already holds samples ({utils.describe_epochs(existing)}) "
+            "of another run; pass --resume to continue it or --overwrite to replace it")
+    if args.resume == "auto" and not os.path.isfile(os.path.join(args.save_dir, "checkpoint.pt")):
+        raise utils.UsageError(f"--resume: no checkpoint.pt in {args.save_dir} to resume from")
+    if args.half:
+        args.amp = args.amp or "fp16"
+    utils.check_writable_dir(args.save_dir)
+    return device
+
+
+def clear_run(save_dir):
+    """--overwrite: remove the previous run's samples, checkpoints and records."""
+    for name in os.listdir(save_dir):
+        stem = name[:-3] if name.endswith(".pt") else None
+        if (stem is not None and (stem.isdigit() or stem.startswith("checkpoint"))) or name in (
+                "run.json", "results_sgd.json", "noisy_labels.json"):
+            os.unlink(os.path.join(save_dir, name))
+
+
+def train_epoch(model, loader, optimizer, scaler, epoch, args, device, epochs_left_after):
+    model.train()
+    progress = utils.EpochProgress(epoch, len(loader), args.print_freq, epochs_left_after)
+    for i, (x, y) in enumerate(loader):
+        with utils.autocast(device, args.amp):
+            output = model(x)
+            loss = F.cross_entropy(output.float(), y)
+        progress.check_finite(loss, i)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        progress.update(i, loss, output, y)
+    return progress
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    device = validate_args(args)
+    utils.seed_everything(args.randomseed)
+    if args.overwrite:
+        clear_run(args.save_dir)
+    resuming = bool(args.resume)
+    train_set, test_set = utils.load_data(args, write_noise_record=not resuming)
+    num_classes = train_set.num_classes
+    model = utils.build_model(args, num_classes, device)
+    n_params = sum(p.numel() for p in utils.trainable_parameters(model))
+    utils.log(f"=> {args.arch}: {n_params} trainable parameters, {args.datasets} "
+              f"({len(train_set)} train / {len(test_set)} test, {num_classes} classes), "
+              f"corrupt {args.corrupt}, device {device}")
+
+    if args.optimizer == "sgd":
+        lr = 0.1 if args.lr is None else args.lr
+        optimizer = torch.optim.SGD(model.parameters(), lr, momentum=args.momentum,
+                                    weight_decay=args.weight_decay)
+    else:
+        lr = 0.001 if args.lr is None else args.lr  # the authors' Adam learning rate
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    milestones = args.milestones or ([150] if args.datasets == "CIFAR100" else [100, 150])
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    train_loader = utils.make_loader(train_set, args, device, shuffle=True, seed=args.randomseed)
+    test_loader = utils.make_loader(test_set, args, device, shuffle=False)
+    results = utils.Results(os.path.join(args.save_dir, "results_sgd.json"), "sgd", args,
+                            {"num_params": n_params, "num_classes": num_classes})
+    start_epoch, best_prec1 = 0, 0.0
+
+    if args.evaluate:
+        loss, prec = utils.evaluate(model, test_loader, args.amp)
+        utils.log_test(prec, loss)
+        return
+    if resuming:
+        path = utils.find_resume_checkpoint(args, "checkpoint.pt")
+        ckpt = utils.safe_load(path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        train_loader.generator.set_state(ckpt["loader_rng"])
+        utils.set_rng_state(ckpt["rng"])
+        start_epoch, best_prec1 = ckpt["epoch"], ckpt["best_prec1"]
+        results.data["epochs"] = ckpt["results"]
+        utils.log(f"=> resumed from {path} after epoch {start_epoch}")
+    else:
+        utils.atomic_write_json(os.path.join(args.save_dir, "run.json"),
+                                utils.provenance(args, num_classes))
+        utils.save_sample(model, args.save_dir, 0)
+        loss, prec = utils.evaluate(model, test_loader, args.amp)
+        results.add(epoch=0, test_loss=loss, test_acc=prec, time=0.0, lr=lr)
+
+    warmup = args.arch in ("resnet110", "resnet1202") and args.optimizer == "sgd"
+    run_start = time.time()
+    for epoch in range(start_epoch, args.epochs):
+        if warmup and epoch == 0:
+            # He et al.: lr/10 until training gets going (the first epoch here), then back.
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.1
+        epoch_start = time.time()
+        current_lr = optimizer.param_groups[0]["lr"]
+        try:
+            progress = train_epoch(model, train_loader, optimizer, scaler, epoch, args, device,
+                                   args.epochs - epoch - 1)
+        except utils.NonFiniteLoss as e:
+            raise SystemExit(f"error: {e}; samples up to {epoch}.pt are kept in {args.save_dir}")
+        if warmup and epoch == 0:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        scheduler.step()
+        train_time = time.time() - epoch_start
+        test_loss, prec1 = utils.evaluate(model, test_loader, args.amp)
+        utils.log_test(prec1, test_loss)
+        best_prec1 = max(best_prec1, prec1)
+        utils.save_sample(model, args.save_dir, epoch + 1)
+        results.add(epoch=epoch + 1, train_loss=progress.loss, train_acc=progress.accuracy,
+                    test_loss=test_loss, test_acc=prec1, lr=current_lr,
+                    train_time=train_time, time=time.time() - epoch_start,
+                    images_per_s=progress.seen / max(train_time, 1e-9))
+        ckpt = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "loader_rng": train_loader.generator.get_state(), "rng": utils.rng_state(),
+                "best_prec1": best_prec1, "results": results.data["epochs"]}
+        utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, "checkpoint.pt"))
+        if (epoch + 1) % args.save_every == 0:
+            utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, f"checkpoint_{epoch + 1}.pt"))
+    utils.log(f"=> SGD done: best Prec@1 {best_prec1:.3f}, total time "
+              f"{utils.format_eta(time.time() - run_start)}, samples 0..{args.epochs} in {args.save_dir}")
+
+
+if __name__ == "__main__":
+    utils.run_main(main)

@@ -1,0 +1,996 @@
+"""Shared pieces of the three DLDR scripts: errors, data, samples, the subspace basis, vector helpers.
+
+Read top to bottom: command-line helpers, seeding and devices, datasets and the batch loader,
+atomic files and samples, the DLDR basis, flat parameter vectors, training/evaluation loops.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import models
+
+# ----------------------------------------------------------------------------------------------
+# Errors and argument helpers
+# ----------------------------------------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line on stderr with exit status 2, before any file is written."""
+
+
+def run_main(main, argv=None):
+    """Run a script's ``main(argv)``; turn UsageError into one line on stderr and exit status 2."""
+    try:
+        return main(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def fraction(text):
+    """argparse type: a float in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def nonnegative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``error: --flag: ...``) and exit status 2."""
+
+    def error(self, message):
+        print(f"error: {message}  (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def add_common_arguments(parser, *, epochs, lr, batch_size, workers=4):
+    """The flags the three scripts share, with the authors' names, spellings and defaults."""
+    p = parser
+    p.add_argument("--arch", "-a", default="resnet20", metavar="ARCH",
+                   help="model architecture, one of models.names() (default: resnet20)")
+    p.add_argument("--datasets", default="CIFAR10", metavar="NAME",
+                   help=f"dataset: {', '.join(DATASETS)} (default: CIFAR10)")
+    p.add_argument("--data-root", "--data_root", dest="data_root", default="../data",
+                   help="where CIFAR is read from or downloaded to (default: ../data)")
+    p.add_argument("-j", "--workers", default=workers, type=nonnegative_int, metavar="N",
+                   help=f"data loading workers of the DataLoader path (default: {workers})")
+    p.add_argument("--epochs", default=epochs, type=nonnegative_int, metavar="N",
+                   help=f"number of epochs to run (default: {epochs})")
+    p.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", default=batch_size,
+                   type=positive_int, metavar="N", help=f"mini-batch size (default: {batch_size})")
+    p.add_argument("--lr", "--learning-rate", dest="lr", default=lr, type=float, metavar="LR",
+                   help=f"learning rate (default: {lr})")
+    p.add_argument("-p", "--print-freq", "--print_freq", dest="print_freq", default=50,
+                   type=positive_int, metavar="N", help="print every N iterations (default: 50)")
+    p.add_argument("--save-dir", "--save_dir", dest="save_dir", default="save_temp",
+                   help="folder of the samples 0.pt, 1.pt, ... (default: save_temp)")
+    p.add_argument("--save-every", "--save_every", dest="save_every", default=10,
+                   type=positive_int, metavar="N",
+                   help="also keep a full checkpoint every N epochs (default: 10)")
+    p.add_argument("--resume", nargs="?", const="auto", default="", metavar="PATH",
+                   help="resume from PATH, or with no PATH from the save dir's last checkpoint")
+    p.add_argument("-e", "--evaluate", action="store_true",
+                   help="only evaluate the starting model on the test set")
+    p.add_argument("--half", action="store_true",
+                   help="fp16 autocast with loss scaling on CUDA (the authors' flag)")
+    p.add_argument("--randomseed", default=1, type=int, metavar="S",
+                   help="seed of initialisation, data order, augmentation and label noise (default: 1)")
+    p.add_argument("--corrupt", default=0.0, type=fraction, metavar="C",
+                   help="fraction of training labels replaced by uniform random labels (default: 0)")
+    p.add_argument("--smalldatasets", default=None, type=fraction, metavar="P",
+                   help="train on the first fraction P of the training set")
+    p.add_argument("--device", default=None,
+                   help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when present, else cpu)")
+    p.add_argument("--loader", default="memory", choices=("memory", "dataloader"),
+                   help="memory: data held on the device, augmented per batch there (fast, default); "
+                        "dataloader: torchvision transforms in a DataLoader (the authors' path)")
+    return p
+
+
+def add_subspace_arguments(parser, *, n_components=40, params_end=51):
+    p = parser
+    p.add_argument("--n_components", "--n-components", dest="n_components", default=n_components,
+                   type=positive_int, metavar="K",
+                   help=f"dimension of the subspace (default: {n_components})")
+    p.add_argument("--params_start", "--params-start", dest="params_start", default=0,
+                   type=nonnegative_int, metavar="N",
+                   help="first sample of the trajectory; training restarts from it (default: 0)")
+    p.add_argument("--params_end", "--params-end", dest="params_end", default=params_end,
+                   type=positive_int, metavar="N",
+                   help=f"samples params_start..params_end-1 build the basis (default: {params_end})")
+    p.add_argument("--basis", default="dldr", choices=("dldr", "random"),
+                   help="dldr: the trajectory's principal directions; random: an orthonormal "
+                        "random basis of the same size (the control)")
+    p.add_argument("--weight-decay", "--weight_decay", "--wd", dest="weight_decay", default=0.0,
+                   type=float, metavar="W",
+                   help="accepted for the authors' command lines; the subspace methods use none")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeding, devices, logging
+# ----------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name):
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a torch device (use cpu, cuda or cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def format_eta(seconds):
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------------------
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+class ImageSet:
+    """A whole split in memory: uint8 images (N, 3, H, W), int64 labels, normalisation, augmentation."""
+
+    def __init__(self, images, labels, num_classes, mean, std, augment):
+        self.images = images
+        self.labels = labels
+        self.num_classes = num_classes
+        self.mean, self.std = mean, std
+        self.augment = augment
+
+    def __len__(self):
+        return len(self.labels)
+
+    def subset(self, n):
+        return ImageSet(self.images[:n], self.labels[:n], self.num_classes, self.mean, self.std,
+                        self.augment)
+
+    def with_labels(self, labels):
+        return ImageSet(self.images, labels, self.num_classes, self.mean, self.std, self.augment)
+
+
+def _cifar(train, root, cls, mean, std):
+    import torchvision  # imported here: DIGITS and synthetic runs do not need it
+
+    try:
+        ds = cls(root=root, train=train, download=True)
+    except Exception as e:  # download or archive failure: one line naming the folder
+        raise UsageError(f"--data-root {root}: cannot read or download {cls.__name__} ({e})")
+    images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+    labels = torch.tensor(ds.targets, dtype=torch.int64)
+    return ImageSet(images, labels, len(ds.classes), mean, std, augment=train)
+
+
+def load_cifar10(train, root):
+    import torchvision
+    # The authors normalised CIFAR-10 with the ImageNet statistics; kept for identical inputs.
+    return _cifar(train, root, torchvision.datasets.CIFAR10, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def load_cifar100(train, root):
+    import torchvision
+    return _cifar(train, root, torchvision.datasets.CIFAR100, CIFAR100_MEAN, CIFAR100_STD)
+
+
+def load_digits(train, root=None):
+    """scikit-learn's bundled 8x8 digits, resized to 3x32x32; a fixed stratified 1437/360 split."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = sk_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    y = torch.tensor(digits.target, dtype=torch.int64)
+    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=360,
+                                           stratify=digits.target, random_state=0)
+    idx = torch.from_numpy(np.sort(idx_train if train else idx_test))
+    # No crop/flip: flipping a digit changes its meaning.
+    return ImageSet(x[idx], y[idx], 10, (0.305,) * 3, (0.324,) * 3, augment=False)
+
+
+def load_synthetic(train, root=None, n_train=50000, n_test=10000, num_classes=10):
+    """CIFAR-sized learnable data: a smooth template per class plus noise, fixed seed."""
+    g = torch.Generator().manual_seed(12345)
+    templates = F.interpolate(torch.rand(num_classes, 3, 4, 4, generator=g), size=(32, 32),
+                              mode="bilinear", align_corners=False)
+    n = n_train if train else n_test
+    g.manual_seed(12346 if train else 12347)
+    labels = torch.randint(num_classes, (n,), generator=g)
+    images = torch.empty(n, 3, 32, 32, dtype=torch.uint8)
+    for start in range(0, n, 10000):  # in chunks to bound the float working set
+        lab = labels[start:start + 10000]
+        noise = torch.randn(len(lab), 3, 32, 32, generator=g) * 0.25
+        images[start:start + 10000] = ((templates[lab] + noise).clamp(0, 1) * 255).to(torch.uint8)
+    return ImageSet(images, labels, num_classes, (0.5,) * 3, (0.3,) * 3, augment=train)
+
+
+DATASETS = {
+    "CIFAR10": load_cifar10,
+    "CIFAR100": load_cifar100,
+    "DIGITS": load_digits,
+    "SYNTHETIC": load_synthetic,
+}
+
+
+def dataset_num_classes(name):
+    return {"CIFAR10": 10, "CIFAR100": 100, "DIGITS": 10, "SYNTHETIC": 10}[name]
+
+
+def check_dataset_name(name):
+    if name not in DATASETS:
+        raise UsageError(f"unknown --datasets {name!r}; known: {', '.join(DATASETS)}")
+
+
+def noisy_labels(labels, fraction, num_classes, seed):
+    """Replace round(fraction * N) labels, chosen from the seed, by labels uniform over all classes.
+
+    Returns (new_labels, chosen_indices). A replacement may equal the original label, as in
+    the authors' scheme; only the chosen positions are drawn, so the result is a pure function
+    of (labels, fraction, num_classes, seed) and every script sees the same noisy labels.
+    """
+    n = len(labels)
+    count = int(round(fraction * n))
+    rng = np.random.default_rng([int(seed) % 2**63, 0xD1D2])  # independent of training RNG
+    chosen = np.sort(rng.permutation(n)[:count])
+    new = labels.clone()
+    new[torch.from_numpy(chosen)] = torch.from_numpy(rng.integers(0, num_classes, count))
+    return new, chosen
+
+
+def load_data(args, write_noise_record=False):
+    """(train ImageSet, test ImageSet) after --smalldatasets and --corrupt.
+
+    The noise record ``noisy_labels.json`` in the save dir lists the chosen indices and their new
+    labels; a script that finds one checks its own labels against it.
+    """
+    check_dataset_name(args.datasets)
+    loader = DATASETS[args.datasets]
+    train = loader(True, args.data_root)
+    test = loader(False, args.data_root)
+    if args.smalldatasets is not None:
+        n = int(len(train) * args.smalldatasets)
+        if n < 1:
+            raise UsageError(f"--smalldatasets {args.smalldatasets} leaves no training image")
+        train = train.subset(n)
+    if args.corrupt > 0:
+        labels, chosen = noisy_labels(train.labels, args.corrupt, train.num_classes,
+                                      args.randomseed)
+        record = {"corrupt": args.corrupt, "randomseed": args.randomseed,
+                  "num_classes": train.num_classes, "num_train": len(train),
+                  "changed": int((labels != train.labels).sum()),
+                  "indices": chosen.tolist(), "labels": labels[chosen].tolist()}
+        path = os.path.join(args.save_dir, "noisy_labels.json")
+        if write_noise_record:
+            atomic_write_json(path, record)
+        elif os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if saved["indices"] != record["indices"] or saved["labels"] != record["labels"]:
+                raise UsageError(f"{path}: the noisy labels of the samples differ from these; "
+                                 "use the same --corrupt, --randomseed and --smalldatasets")
+        train = train.with_labels(labels)
+    return train, test
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches: the in-memory device path and the DataLoader path
+# ----------------------------------------------------------------------------------------------
+
+
+def crop_flip(padded, top, left, flip, size=32):
+    """Crop ``size`` x ``size`` windows at (top, left) from padded images and mirror where ``flip``.
+
+    The same result as torchvision's RandomCrop(size, padding) followed by RandomHorizontalFlip
+    for the same offsets and coin flips, done for a whole batch with one gather.
+    """
+    n, c = padded.shape[:2]
+    ar = torch.arange(size, device=padded.device)
+    rows = (top[:, None] + ar)[:, None, :, None]                       # (n,1,size,1)
+    cols = left[:, None] + ar                                          # (n,size)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
+    batch = torch.arange(n, device=padded.device)[:, None, None, None]
+    chan = torch.arange(c, device=padded.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+class MemoryLoader:
+    """Batches from a split held on the device: shuffled, augmented and normalised there.
+
+    All random draws of an epoch come from ``self.generator`` (a CPU generator, so the same seed
+    gives the same batches on any device) and its state is part of a checkpoint.
+    """
+
+    def __init__(self, data, batch_size, device, shuffle, seed=0, padding=4):
+        self.data = data
+        self.batch_size = batch_size
+        self.device = device
+        self.shuffle = shuffle
+        self.augment = data.augment and shuffle
+        self.padding = padding
+        self.generator = torch.Generator().manual_seed(seed)
+        images = data.images.to(device)
+        if self.augment:
+            images = F.pad(images, (padding,) * 4)  # zero padding, as RandomCrop(padding=4)
+        self.images = images
+        self.labels = data.labels.to(device)
+        self.mean = torch.tensor(data.mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(data.std, device=device).view(1, 3, 1, 1) * 255
+
+    def __len__(self):
+        return math.ceil(len(self.data) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.data)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator)
+        else:
+            order = torch.arange(n)
+        if self.augment:
+            span = 2 * self.padding + 1
+            offsets = torch.randint(span, (n, 2), generator=self.generator)
+            flips = torch.rand(n, generator=self.generator) < 0.5
+            offsets, flips = offsets.to(self.device), flips.to(self.device)
+        order = order.to(self.device)
+        size = self.data.images.shape[-1]
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            if self.augment:
+                sel = torch.arange(start, start + len(idx), device=self.device)
+                x = crop_flip(self.images[idx], offsets[sel, 0], offsets[sel, 1], flips[sel], size)
+            else:
+                x = self.images[idx]
+            x = (x.float() - self.mean) / self.std
+            yield x, self.labels[idx]
+
+
+class _TorchvisionView(torch.utils.data.Dataset):
+    def __init__(self, data, transform):
+        self.data, self.transform = data, transform
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.transform(self.data.images[i]), self.data.labels[i]
+
+
+def make_loader(data, args, device, shuffle, seed=0):
+    """The batch source for a split: MemoryLoader by default, a torchvision DataLoader on request."""
+    batch_size = args.batch_size if shuffle else max(args.batch_size, 256)
+    if args.loader == "memory":
+        return MemoryLoader(data, batch_size, device, shuffle, seed)
+    import torchvision.transforms as T
+    steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if data.augment and shuffle else []
+    transform = T.Compose(steps + [T.ConvertImageDtype(torch.float32), T.Normalize(data.mean, data.std)])
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(_TorchvisionView(data, transform), batch_size=batch_size,
+                                         shuffle=shuffle, num_workers=args.workers,
+                                         generator=generator, pin_memory=device.type == "cuda")
+    loader.generator_ = generator  # checkpointed like MemoryLoader.generator
+    return _DeviceLoader(loader, device)
+
+
+class _DeviceLoader:
+    def __init__(self, loader, device):
+        self.loader, self.device = loader, device
+        self.generator = loader.generator_
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: atomic writes, samples, checkpoints, provenance
+# ----------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write):
+    """Write through ``write(file)`` into a temporary file beside ``path``, fsync, then rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def atomic_torch_save(obj, path):
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_json(path, obj):
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
+
+
+def safe_load(path):
+    """torch.load with weights_only=True; any failure is a UsageError naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file")
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path}: not a loadable sample or checkpoint (truncated, foreign or "
+                         f"unsafe: {first[:200]})")
+
+
+def sample_path(save_dir, epoch):
+    return os.path.join(save_dir, f"{epoch}.pt")
+
+
+def available_samples(save_dir):
+    """Sorted epochs E of the files ``E.pt`` in save_dir."""
+    if not os.path.isdir(save_dir):
+        return []
+    return sorted(int(name[:-3]) for name in os.listdir(save_dir)
+                  if name.endswith(".pt") and name[:-3].isdigit())
+
+
+def describe_epochs(epochs):
+    """'0..80' style summary of a sorted list of ints."""
+    if not epochs:
+        return "none"
+    runs, start, prev = [], epochs[0], epochs[0]
+    for e in epochs[1:] + [None]:
+        if e is not None and e == prev + 1:
+            prev = e
+            continue
+        runs.append(f"{start}" if start == prev else f"{start}..{prev}")
+        if e is not None:
+            start = prev = e
+    return ", ".join(runs)
+
+
+def save_sample(model, save_dir, epoch):
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save(state, sample_path(save_dir, epoch))
+
+
+def strip_module_prefix(state):
+    """Keys saved from nn.DataParallel / DDP models start with 'module.'; drop it."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_state(path):
+    state = safe_load(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"{path}: not a model state dict")
+    return strip_module_prefix(state)
+
+
+def check_state_matches(state, model, path, arch):
+    """Samples of another architecture are an error naming the file and the first mismatch."""
+    own = model.state_dict()
+    for name, p in model.named_parameters():
+        if name not in state:
+            raise UsageError(f"{path}: no parameter {name!r}; the samples are not of --arch {arch}")
+        if state[name].shape != p.shape:
+            raise UsageError(f"{path}: parameter {name!r} has shape {tuple(state[name].shape)}, "
+                             f"--arch {arch} expects {tuple(p.shape)}; the samples are of another "
+                             "architecture or number of classes")
+    extra = set(state) - set(own)
+    if extra:
+        raise UsageError(f"{path}: unexpected entries such as {sorted(extra)[0]!r}; the samples "
+                         f"are not of --arch {arch}")
+
+
+def load_sample_into(model, path, arch):
+    state = load_state(path)
+    check_state_matches(state, model, path, arch)
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def param_vector_from_state(state, model):
+    return torch.cat([state[name].reshape(-1).to(torch.float32)
+                      for name, _ in model.named_parameters()])
+
+
+def check_sample_range(save_dir, start, end):
+    """params_start..params_end-1 must all exist; the error says which epochs do."""
+    have = available_samples(save_dir)
+    if not have:
+        raise UsageError(f"--save-dir {save_dir}: no samples (0.pt, 1.pt, ...) found; run "
+                         "train_sgd.py with this --save-dir first")
+    if start >= end:
+        raise UsageError(f"--params_start {start} must be smaller than --params_end {end}")
+    missing = [e for e in range(start, end) if e not in set(have)]
+    if missing:
+        raise UsageError(f"--params_end {end}: sample {missing[0]}.pt is missing from {save_dir}; "
+                         f"samples present: {describe_epochs(have)}")
+
+
+def load_sample_matrix(save_dir, model, start, end, arch):
+    """(n, D) float32 matrix of the flattened trainable parameters of samples start..end-1."""
+    rows = []
+    for e in range(start, end):
+        path = sample_path(save_dir, e)
+        state = load_state(path)
+        check_state_matches(state, model, path, arch)
+        rows.append(param_vector_from_state(state, model))
+    return torch.stack(rows)
+
+
+def git_commit():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        commit = out.stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty else "") if commit else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(args, num_classes):
+    import torchvision
+    return {
+        "args": vars(args), "arch": args.arch, "datasets": args.datasets,
+        "corrupt": args.corrupt, "randomseed": args.randomseed,
+        "smalldatasets": args.smalldatasets, "num_classes": num_classes,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "torchvision": torchvision.__version__, "numpy": np.__version__},
+        "git_commit": git_commit(), "host": platform.node(),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def check_provenance(args):
+    """The subspace scripts must use the samples' arch, dataset and label noise."""
+    path = os.path.join(args.save_dir, "run.json")
+    if not os.path.exists(path):
+        return None  # samples from the authors' scripts carry no record
+    with open(path) as f:
+        record = json.load(f)
+    for flag, key in (("--arch", "arch"), ("--datasets", "datasets"), ("--corrupt", "corrupt"),
+                      ("--smalldatasets", "smalldatasets")):
+        ours = getattr(args, key)
+        if record.get(key) != ours:
+            raise UsageError(f"{flag} {ours} differs from the samples in {args.save_dir}, which "
+                             f"were made with {flag} {record.get(key)}")
+    if args.corrupt > 0 and record.get("randomseed") != args.randomseed:
+        raise UsageError(f"--randomseed {args.randomseed} differs from the samples' "
+                         f"{record.get('randomseed')}: the noisy labels would differ")
+    return record
+
+
+class Results:
+    """Per-epoch records of a run, rewritten atomically as JSON after every epoch."""
+
+    def __init__(self, path, method, args, extra=None):
+        self.path = path
+        self.data = {"method": method, "args": vars(args), "epochs": []}
+        self.data.update(extra or {})
+
+    def add(self, **row):
+        self.data["epochs"].append(row)
+        self.save()
+
+    def save(self):
+        atomic_write_json(self.path, self.data)
+
+
+def rng_state():
+    np_state = np.random.get_state()
+    state = {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                       int(np_state[3]), float(np_state[4])],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def find_resume_checkpoint(args, name):
+    """Path of the checkpoint to resume from: --resume PATH, or the save dir's ``name``."""
+    path = os.path.join(args.save_dir, name) if args.resume == "auto" else args.resume
+    if not os.path.isfile(path):
+        raise UsageError(f"--resume: no checkpoint at {path}")
+    return path
+
+
+def check_writable_dir(folder, flag="--save-dir"):
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{flag} {folder}: cannot create it ({e.strerror})")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {folder}: not writable; choose another folder")
+
+
+# ----------------------------------------------------------------------------------------------
+# The DLDR basis
+# ----------------------------------------------------------------------------------------------
+
+
+def subspace_basis(samples, n_components, block=1 << 20):
+    """Top principal directions of the centred samples, exactly (float64 Gram eigendecomposition).
+
+    samples: (n, D) tensor. Returns (basis, explained_variance_ratio): basis is (k, D) float64 with
+    orthonormal rows, ratios are the fractions of the total variance along each direction, as
+    scikit-learn's PCA reports them. Columns are processed in blocks so the float64 working set
+    stays small even for large D.
+    """
+    n, dim = samples.shape
+    if n_components > n - 1:
+        raise UsageError(f"--n_components {n_components}: {n} samples span at most {n - 1} "
+                         f"directions; use --n_components <= {n - 1} or more samples")
+    gram = torch.zeros(n, n, dtype=torch.float64, device=samples.device)
+    means = []
+    for lo in range(0, dim, block):
+        cols = samples[:, lo:lo + block].double()
+        m = cols.mean(0)
+        means.append(m)
+        cols = cols - m
+        gram += cols @ cols.T
+    evals, evecs = torch.linalg.eigh(gram)  # ascending
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    total = evals.clamp_min(0).sum()
+    top, vecs = evals[:n_components], evecs[:, :n_components]
+    if top[-1] <= total * 1e-14 or total <= 0:
+        raise UsageError(f"--n_components {n_components}: the samples span fewer directions "
+                         "(they are identical or nearly so); use fewer components")
+    basis = torch.empty(n_components, dim, dtype=torch.float64, device=samples.device)
+    scale = top.rsqrt()
+    for i, lo in enumerate(range(0, dim, block)):
+        cols = samples[:, lo:lo + block].double() - means[i]
+        basis[:, lo:lo + block] = (vecs.T @ cols) * scale[:, None]
+    # The Gram route squares the condition number: re-orthonormalise the rows (same span, the
+    # QR keeps each row's direction) so that P P^T = I to working precision.
+    q, r = torch.linalg.qr(basis.T)
+    basis = (q * torch.sign(torch.diagonal(r))).T.contiguous()
+    # Deterministic signs: the largest entry of each row is positive (PCA directions have none).
+    signs = torch.sign(basis.gather(1, basis.abs().argmax(1, keepdim=True)))
+    basis *= signs
+    return basis, (top / total)
+
+
+def random_basis(dim, n_components, seed, dtype=torch.float64):
+    """An orthonormal (k, D) basis spanning a uniformly random k-dimensional subspace."""
+    g = torch.Generator().manual_seed(seed)
+    gauss = torch.randn(dim, n_components, generator=g, dtype=torch.float64)
+    q, _ = torch.linalg.qr(gauss)
+    return q.T.contiguous().to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Flat parameter vectors
+# ----------------------------------------------------------------------------------------------
+
+
+def trainable_parameters(model):
+    return [p for _, p in model.named_parameters() if p.requires_grad]
+
+
+class FlatParameters:
+    """A model's trainable parameters (and their gradients) as views into one flat buffer each.
+
+    Projections and updates then act on ``self.data`` / ``self.grad`` as single vectors, without
+    concatenating per step. Create it after moving the model to its device and dtype.
+    """
+
+    def __init__(self, model):
+        params = trainable_parameters(model)
+        if len({(p.dtype, p.device) for p in params}) != 1:
+            raise ValueError("all trainable parameters must share one dtype and device")
+        total = sum(p.numel() for p in params)
+        self.data = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
+        self.grad = torch.zeros_like(self.data)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            self.data[offset:offset + n].copy_(p.data.reshape(-1))
+            p.data = self.data[offset:offset + n].view_as(p)
+            p.grad = self.grad[offset:offset + n].view_as(p)
+            offset += n
+        self.params = params
+
+    def zero_grad(self):
+        self.grad.zero_()
+
+    def check_views(self):
+        """True while every .grad is still a view of the flat buffer (no one replaced it)."""
+        base = self.grad.untyped_storage().data_ptr()
+        return all(p.grad is not None and p.grad.untyped_storage().data_ptr() == base
+                   for p in self.params)
+
+
+def flat_grad(model):
+    # A parameter the loss does not reach (e.g. NASNet's unused adapters) has grad None: zeros.
+    return torch.cat([torch.zeros(p.numel(), dtype=p.dtype, device=p.device) if p.grad is None
+                      else p.grad.reshape(-1) for p in trainable_parameters(model)])
+
+
+def flat_params(model):
+    return torch.cat([p.detach().reshape(-1) for p in trainable_parameters(model)])
+
+
+def set_flat_params_(model, vector):
+    offset = 0
+    with torch.no_grad():
+        for p in trainable_parameters(model):
+            p.copy_(vector[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+
+def set_flat_grad_(model, vector):
+    offset = 0
+    for p in trainable_parameters(model):
+        piece = vector[offset:offset + p.numel()].view_as(p)
+        if p.grad is None:
+            p.grad = piece.clone()
+        else:
+            p.grad.copy_(piece)
+        offset += p.numel()
+
+
+# ----------------------------------------------------------------------------------------------
+# Meters, evaluation, per-epoch progress
+# ----------------------------------------------------------------------------------------------
+
+
+class AverageMeter:
+    def __init__(self):
+        self.val = self.avg = self.sum = 0.0
+        self.count = 0
+
+    def update(self, val, n=1):
+        self.val = val
+        self.sum += val * n
+        self.count += n
+        self.avg = self.sum / max(self.count, 1)
+
+
+def correct_count(output, target):
+    return (output.argmax(1) == target).sum()
+
+
+class EpochProgress:
+    """The authors' progress line, ``Epoch: [e][i/n] Time .. Loss .. Prec@1 ..``, plus img/s and ETA.
+
+    Loss and accuracy are accumulated on the device and read back only at print time, so a fast
+    GPU step is not stalled by a host synchronisation every iteration.
+    """
+
+    def __init__(self, epoch, num_batches, print_freq, epochs_left_after=0, header="Epoch"):
+        self.epoch, self.n, self.print_freq = epoch, num_batches, print_freq
+        self.epochs_left_after = epochs_left_after
+        self.header = header
+        self.start = self.last = time.time()
+        self.loss_sum = self.correct = None
+        self.seen = 0
+        self.batch_time = AverageMeter()
+
+    def update(self, i, loss, output, target):
+        n = target.shape[0]
+        loss_sum = loss.detach().float() * n
+        correct = correct_count(output.detach(), target)
+        self.loss_sum = loss_sum if self.loss_sum is None else self.loss_sum + loss_sum
+        self.correct = correct if self.correct is None else self.correct + correct
+        self.seen += n
+        if i % self.print_freq == 0 or i == self.n - 1:
+            now = time.time()
+            elapsed = now - self.start
+            done = i + 1
+            self.batch_time.update((now - self.last) / max(done - self.batch_time.count, 1),
+                                   done - self.batch_time.count)
+            self.last = now
+            per_batch = elapsed / done
+            eta = per_batch * (self.n - done) + per_batch * self.n * self.epochs_left_after
+            log(f"{self.header}: [{self.epoch}][{i}/{self.n}]\t"
+                f"Time {self.batch_time.val:.3f} ({per_batch:.3f})\t"
+                f"Loss {loss.item():.4f} ({self.loss:.4f})\t"
+                f"Prec@1 {100.0 * correct.item() / n:.3f} ({self.accuracy:.3f})\t"
+                f"{self.seen / max(elapsed, 1e-9):.0f} img/s\tETA {format_eta(eta)}")
+
+    @property
+    def loss(self):
+        return self.loss_sum.item() / max(self.seen, 1) if self.seen else float("nan")
+
+    @property
+    def accuracy(self):
+        return 100.0 * self.correct.item() / max(self.seen, 1) if self.seen else 0.0
+
+    def check_finite(self, loss, i):
+        if not torch.isfinite(loss).item():
+            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {self.epoch}, step {i}")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@torch.no_grad()
+def evaluate(model, loader, amp=None):
+    """(mean loss, top-1 accuracy in %) over a loader, model in eval mode."""
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    loss_acc = torch.zeros((), dtype=torch.float64)
+    correct_acc = torch.zeros((), dtype=torch.int64)
+    for x, y in loader:
+        with autocast(x.device, amp):
+            out = model(x)
+        loss_acc = loss_acc.to(out.device) + F.cross_entropy(out.float(), y, reduction="sum").double()
+        correct_acc = correct_acc.to(out.device) + correct_count(out, y)
+        seen += y.shape[0]
+    model.train()
+    loss_sum, correct = loss_acc.item(), correct_acc.item()
+    return loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1)
+
+
+def autocast(device, amp):
+    """bf16/fp16 autocast on the device when asked, else a no-op context."""
+    if not amp:
+        return torch.autocast(device.type, enabled=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def log_test(prec, loss):
+    log(f" * Prec@1 {prec:.3f}\tLoss {loss:.4f}")
+
+
+def build_model(args, num_classes, device):
+    try:
+        model = models.build(args.arch, num_classes)
+    except models.UnknownArchError as e:
+        raise UsageError(str(e))
+    return model.to(device)
+
+
+def check_arch_name(arch):
+    if arch not in models.names():
+        raise UsageError(f"unknown --arch {arch!r}; known: {', '.join(models.names())}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared set-up of the two subspace scripts
+# ----------------------------------------------------------------------------------------------
+
+
+def validate_subspace_args(args, checkpoint_name):
+    """Every check that needs no heavy work, before anything is loaded or written."""
+    check_arch_name(args.arch)
+    check_dataset_name(args.datasets)
+    device = resolve_device(args.device)
+    if args.params_start >= args.params_end:
+        raise UsageError(f"--params_start {args.params_start} must be smaller than "
+                         f"--params_end {args.params_end}")
+    check_sample_range(args.save_dir, args.params_start, args.params_end)
+    n = args.params_end - args.params_start
+    if args.basis == "dldr" and args.n_components >= n:
+        raise UsageError(f"--n_components {args.n_components}: {n} samples "
+                         f"({args.params_start}..{args.params_end - 1}) span at most {n - 1} "
+                         f"directions; use --n_components <= {n - 1} or a wider sample range")
+    if args.resume:
+        find_resume_checkpoint(args, checkpoint_name)
+    check_provenance(args)
+    if not os.access(args.save_dir, os.W_OK):
+        raise UsageError(f"--save-dir {args.save_dir}: not writable; choose another folder")
+    if args.half:
+        args.amp = args.amp or "fp16"
+    return device
+
+
+def prepare_subspace_run(args, device):
+    """Model at sample params_start, the (k, D) basis on the device, and the data loaders."""
+    train_set, test_set = load_data(args)
+    num_classes = train_set.num_classes
+    model = build_model(args, num_classes, device)
+    start = time.time()
+    if args.basis == "dldr":
+        samples = load_sample_matrix(args.save_dir, model, args.params_start, args.params_end,
+                                     args.arch)
+        basis, ratios = subspace_basis(samples.to(device), args.n_components)
+        del samples
+        ratios = ratios.tolist()
+        log(f"=> DLDR basis: {args.n_components} directions from samples "
+            f"{args.params_start}..{args.params_end - 1} in {time.time() - start:.2f} s; explained "
+            f"variance {sum(ratios):.4f} (top 5: {', '.join(f'{r:.4f}' for r in ratios[:5])})")
+    else:
+        dim = sum(p.numel() for p in trainable_parameters(model))
+        basis, ratios = random_basis(dim, args.n_components, args.randomseed).to(device), None
+        log(f"=> random basis: {args.n_components} orthonormal directions (seed {args.randomseed})")
+    load_sample_into(model, sample_path(args.save_dir, args.params_start), args.arch)
+    basis = basis.to(device=device, dtype=trainable_parameters(model)[0].dtype).contiguous()
+    train_loader = make_loader(train_set, args, device, shuffle=True, seed=args.randomseed)
+    test_loader = make_loader(test_set, args, device, shuffle=False)
+    return model, basis, ratios, train_loader, test_loader
+
+
+def subspace_output_names(args, method):
+    """(results file, final model file, checkpoint file) of a subspace run in the save dir."""
+    tag = method if args.basis == "dldr" else f"{method}_random"
+    return f"results_{tag}.json", f"{tag.upper().replace('_RANDOM', '_random')}.pt", f"checkpoint_{tag}.pt"
