@@ -37,8 +37,12 @@ def test_architecture_size_forward_and_backward(name):
         out = model(x)
         assert out.shape == (2, classes)
         F.cross_entropy(out, torch.tensor([0, classes - 1])).backward()
-        with_grad = sum(p.numel() for p in model.parameters() if p.grad is not None)
-        assert with_grad > 0.5 * count  # the loss reaches the network (NASNet keeps unused adapters)
+        missing = [n for n, p in model.named_parameters() if p.grad is None]
+        if models.family(name) in ("stochasticdepth", "nasnet"):
+            # Dropped blocks get no gradient that step; NASNet keeps adapters it never uses.
+            assert len(missing) < len(list(model.parameters()))
+        else:
+            assert not missing, missing[:3]
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         del model, out
 
@@ -84,3 +88,31 @@ def test_readme_table_matches_the_registry():
         assert family == models.family(name)
         if name in REFERENCE_COUNTS:
             assert int(c100.replace(",", "")) == REFERENCE_COUNTS[name]["100"]
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "mobilenetv2", "densenet121"])
+def test_whole_method_on_other_families(arch, tmp_path):
+    """A few SGD steps with samples, the DLDR basis, then P-BFGS steps that lower the loss."""
+    import utils
+    from train_pbfgs import PBFGS
+
+    torch.manual_seed(0)
+    data = utils.load_digits(True).subset(64)
+    model = models.build(arch, 10)
+    loader = utils.MemoryLoader(data, 32, torch.device("cpu"), shuffle=True, seed=0)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
+    utils.save_sample(model, str(tmp_path), 0)
+    for epoch in range(1, 4):
+        for x, y in loader:
+            sgd.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            sgd.step()
+        utils.save_sample(model, str(tmp_path), epoch)
+    samples = utils.load_sample_matrix(str(tmp_path), model, 0, 4, arch)
+    basis, ratios = utils.subspace_basis(samples, 3)
+    assert basis.shape == (3, samples.shape[1]) and float(ratios.sum()) == pytest.approx(1.0)
+    utils.load_sample_into(model, str(tmp_path / "0.pt"), arch)
+    opt = PBFGS(model, basis.float())
+    x, y = data.images[:32].float() / 255, data.labels[:32]
+    losses = [opt.step(x, y) for _ in range(3)]
+    assert losses[-1] < losses[0], losses
