@@ -2,7 +2,9 @@
 # DLDR pipelines.
 #   ./run.sh          the authors' CIFAR pipeline: 150 SGD epochs (samples 0..150), then P-BFGS
 #                     (20 epochs, batch 1024) and P-SGD (40 epochs) in the 40-dimensional subspace
-#                     of samples 0..80. Override with DATASETS, ARCH, CORRUPT, SAVE_DIR, SEED, DEVICE.
+#                     of samples 0..80. Override with DATASETS, ARCH, CORRUPT, SAVE_DIR, SEED, DEVICE;
+#                     EXTRA_ARGS is added to every script (e.g. "--amp bf16 --compile"); OVERWRITE=1
+#                     replaces an earlier run in SAVE_DIR.
 #   ./run.sh demo     the whole pipeline offline on scikit-learn's DIGITS, on the CPU, in minutes,
 #                     ending with a table of test accuracies. DEMO_DIR sets the folder.
 set -euo pipefail
@@ -12,8 +14,9 @@ PY=${PYTHON:-python}
 if [[ "${1:-}" == "demo" ]]; then
     DIR=${DEMO_DIR:-demo_runs/digits_resnet20}
     ARCH=${ARCH:-resnet20}
+    read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
     COMMON=(--datasets DIGITS --arch "$ARCH" --device "${DEVICE:-cpu}" --randomseed "${SEED:-1}"
-            --save-dir "$DIR" --print-freq 100)
+            --save-dir "$DIR" --print-freq 100 --loader "${LOADER:-memory}" "${EXTRA[@]}")
     SUB=(--params_start 0 --params_end 11 --n_components 10)
     start=$(date +%s)
     # 1. SGD sampling: 20 epochs, samples 0..20. 2. basis from the first half (0..10).
@@ -21,10 +24,11 @@ if [[ "${1:-}" == "demo" ]]; then
         --overwrite
     # 3. P-SGD and P-BFGS in the 10-dimensional DLDR subspace, and the random-subspace control.
     $PY -u train_psgd.py "${COMMON[@]}" "${SUB[@]}" --epochs 8 --lr 1 --batch-size 64 --milestones 4,6
-    $PY -u train_pbfgs.py "${COMMON[@]}" "${SUB[@]}" --epochs 6 --batch-size 128
+    $PY -u train_pbfgs.py "${COMMON[@]}" "${SUB[@]}" --epochs 10 --batch-size 128
     $PY -u train_psgd.py "${COMMON[@]}" "${SUB[@]}" --epochs 4 --lr 1 --batch-size 64 --milestones 4,6 \
         --basis random
     $PY -u summarize.py "$DIR"
+    $PY -u plot_results.py "$DIR"
     echo "demo finished in $(( $(date +%s) - start )) s; results in $DIR"
     exit 0
 fi
@@ -37,9 +41,13 @@ SAVE_DIR=${SAVE_DIR:-save_${DATASETS}_${ARCH}_corrupt${CORRUPT}}
 LOG=${LOG:-log_${ARCH}}
 DEV=()
 [[ -n "${DEVICE:-}" ]] && DEV=(--device "$DEVICE")
+read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
+DEV+=("${EXTRA[@]}")
+SGD_ONLY=()
+[[ -n "${OVERWRITE:-}" ]] && SGD_ONLY=(--overwrite)
 
 $PY -u train_sgd.py --datasets "$DATASETS" --lr 0.1 --corrupt "$CORRUPT" --arch "$ARCH" --epochs 150 \
-    --randomseed "$SEED" --save-dir "$SAVE_DIR" "${DEV[@]}" |& tee -a "$LOG"
+    --randomseed "$SEED" --save-dir "$SAVE_DIR" "${DEV[@]}" "${SGD_ONLY[@]}" |& tee -a "$LOG"
 $PY -u train_pbfgs.py --epochs 20 --datasets "$DATASETS" --corrupt "$CORRUPT" --params_start 0 \
     --params_end 81 --batch-size 1024 --n_components 40 --arch "$ARCH" --randomseed "$SEED" \
     --save-dir "$SAVE_DIR" "${DEV[@]}" |& tee -a "$LOG"
@@ -47,3 +55,4 @@ $PY -u train_psgd.py --epochs 40 --datasets "$DATASETS" --lr 1 --corrupt "$CORRU
     --params_end 81 --batch-size 128 --n_components 40 --arch "$ARCH" --randomseed "$SEED" \
     --save-dir "$SAVE_DIR" "${DEV[@]}" |& tee -a "$LOG"
 $PY -u summarize.py "$SAVE_DIR" |& tee -a "$LOG"
+$PY -u plot_results.py "$SAVE_DIR" |& tee -a "$LOG"

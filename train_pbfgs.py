@@ -32,7 +32,7 @@ class PBFGS:
 
     def __init__(self, model, basis, criterion=F.cross_entropy, sigma=0.4, shrink=0.4,
                  max_search=20, alpha=0.0, gamma=0.9, curvature_eps=1e-20, flat=None, amp=None,
-                 log=None):
+                 log=None, before_forward=None):
         self.model = model
         self.flat = flat if flat is not None else utils.FlatParameters(model)
         if basis.shape[1] != self.flat.data.numel():
@@ -44,6 +44,7 @@ class PBFGS:
         self.alpha, self.gamma, self.curvature_eps = alpha, gamma, curvature_eps
         self.amp = amp
         self.log = log or (lambda msg: None)
+        self.before_forward = before_forward or (lambda: None)
         k = basis.shape[0]
         self.H = torch.eye(k, dtype=self.basis.dtype, device=self.basis.device)
         self.s_last = None          # last step, subspace coordinates
@@ -55,6 +56,7 @@ class PBFGS:
         self.last_output = None
 
     def _loss(self, inputs, targets):
+        self.before_forward()
         with utils.autocast(inputs.device, self.amp):
             output = self.model(inputs)
         # Low-precision logits are scored in float32; float32/float64 models keep their precision.
@@ -76,7 +78,7 @@ class PBFGS:
             loss, output = self._loss(inputs, targets)
             loss.backward()
         grad = self.flat.grad / len(batches) if len(batches) > 1 else self.flat.grad
-        self.last_output = output.detach()
+        self.last_output = output.detach().clone()  # CUDA graphs may reuse the output buffer
         loss_value = loss.item()
         self.update(grad, loss_value, inputs, targets)
         return loss_value
@@ -147,8 +149,6 @@ def build_parser():
                    help="momentum factor of that residual (default: 0.9)")
     p.add_argument("--accumulate", default=1, type=utils.positive_int, metavar="N",
                    help="batches whose gradients are averaged per P-BFGS iteration (default: 1)")
-    p.add_argument("--amp", default=None, choices=("bf16", "fp16"),
-                   help="autocast for the forward passes (bf16 recommended); --half means fp16")
     return p
 
 
@@ -178,10 +178,14 @@ def main(argv=None):
                   "(the authors' optimizer used lr 1)")
     utils.seed_everything(args.randomseed)
     model, basis, ratios, train_loader, test_loader = utils.prepare_subspace_run(args, device)
-    opt = PBFGS(model, basis, alpha=args.alpha, gamma=args.gamma, amp=args.amp, log=utils.log)
+    flat = utils.FlatParameters(model)  # before compiling: the compiled graph sees these views
+    step_model = utils.compile_model(model, args, device)
+    opt = PBFGS(step_model, basis, flat=flat, alpha=args.alpha, gamma=args.gamma, amp=args.amp,
+                log=utils.log, before_forward=lambda: utils.mark_step(args, device))
     results = utils.Results(os.path.join(args.save_dir, results_name), "pbfgs", args,
                             {"explained_variance_ratio": ratios, "basis": args.basis})
     start_epoch, best_prec1 = 0, 0.0
+    w_start = opt.flat.data.clone()  # sample params_start: coordinates are taken from here
     if args.evaluate:
         loss, prec = utils.evaluate(model, test_loader, args.amp)
         utils.log_test(prec, loss)
@@ -200,7 +204,7 @@ def main(argv=None):
         loss, prec = utils.evaluate(model, test_loader, args.amp)
         utils.log(f"=> start (sample {args.params_start}):")
         utils.log_test(prec, loss)
-        results.add(epoch=0, test_loss=loss, test_acc=prec, time=0.0)
+        results.add(epoch=0, test_loss=loss, test_acc=prec, time=0.0, coords=[0.0] * len(basis))
 
     run_start = time.time()
     for epoch in range(start_epoch, args.epochs):
@@ -211,14 +215,15 @@ def main(argv=None):
         except utils.NonFiniteLoss as e:
             raise SystemExit(f"error: {e}; the last good state is in {ckpt_name}")
         train_time = time.time() - epoch_start
-        test_loss, prec1 = utils.evaluate(model, test_loader, args.amp)
+        test_loss, prec1 = utils.evaluate(step_model, test_loader, args.amp)
         utils.log_test(prec1, test_loss)
         steps = opt.search_steps[shrinks_before:]
         best_prec1 = max(best_prec1, prec1)
         results.add(epoch=epoch + 1, train_loss=progress.loss, train_acc=progress.accuracy,
                     test_loss=test_loss, test_acc=prec1, train_time=train_time,
                     time=time.time() - epoch_start, mean_shrinks=sum(steps) / max(len(steps), 1),
-                    skipped_pairs=opt.skipped_pairs)
+                    skipped_pairs=opt.skipped_pairs,
+                    coords=(basis @ (opt.flat.data - w_start)).tolist())
         ckpt = {"epoch": epoch + 1, "model": model.state_dict(), "pbfgs": opt.state_dict(),
                 "loader_rng": train_loader.generator.get_state(), "rng": utils.rng_state(),
                 "best_prec1": best_prec1, "results": results.data["epochs"]}

@@ -39,8 +39,6 @@ def build_parser():
     p.add_argument("--milestones", default=[30, 50],
                    type=lambda s: [int(v) for v in s.split(",") if v], metavar="E1,E2",
                    help="epochs where the LR drops 10x (default: 30,50)")
-    p.add_argument("--amp", default=None, choices=("bf16", "fp16"),
-                   help="autocast precision (fp16 uses loss scaling); --half means fp16")
     return p
 
 
@@ -48,6 +46,7 @@ def train_epoch(model, flat, basis, loader, optimizer, scaler, epoch, args, devi
     model.train()
     progress = utils.EpochProgress(epoch, len(loader), args.print_freq, left_after)
     for i, (x, y) in enumerate(loader):
+        utils.mark_step(args, device)
         with utils.autocast(device, args.amp):
             output = model(x)
             loss = F.cross_entropy(output.float(), y)
@@ -70,13 +69,15 @@ def main(argv=None):
         raise utils.UsageError(f"--lr {args.lr}: must be positive")
     utils.seed_everything(args.randomseed)
     model, basis, ratios, train_loader, test_loader = utils.prepare_subspace_run(args, device)
-    flat = utils.FlatParameters(model)
+    flat = utils.FlatParameters(model)  # before compiling: the compiled graph sees these views
+    step_model = utils.compile_model(model, args, device)
     optimizer = torch.optim.SGD(flat.params, lr=args.lr, momentum=args.momentum)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     results = utils.Results(os.path.join(args.save_dir, results_name), "psgd", args,
                             {"explained_variance_ratio": ratios, "basis": args.basis})
     start_epoch, best_prec1 = 0, 0.0
+    w_start = flat.data.clone()  # sample params_start: coordinates are taken from here
     if args.evaluate:
         loss, prec = utils.evaluate(model, test_loader, args.amp)
         utils.log_test(prec, loss)
@@ -97,25 +98,25 @@ def main(argv=None):
         loss, prec = utils.evaluate(model, test_loader, args.amp)
         utils.log(f"=> start (sample {args.params_start}):")
         utils.log_test(prec, loss)
-        results.add(epoch=0, test_loss=loss, test_acc=prec, time=0.0)
+        results.add(epoch=0, test_loss=loss, test_acc=prec, time=0.0, coords=[0.0] * len(basis))
 
     run_start = time.time()
     for epoch in range(start_epoch, args.epochs):
         epoch_start = time.time()
         current_lr = optimizer.param_groups[0]["lr"]
         try:
-            progress = train_epoch(model, flat, basis, train_loader, optimizer, scaler, epoch, args,
-                                   device, args.epochs - epoch - 1)
+            progress = train_epoch(step_model, flat, basis, train_loader, optimizer, scaler, epoch,
+                                   args, device, args.epochs - epoch - 1)
         except utils.NonFiniteLoss as e:
             raise SystemExit(f"error: {e}; the last good state is in {ckpt_name}")
         scheduler.step()
         train_time = time.time() - epoch_start
-        test_loss, prec1 = utils.evaluate(model, test_loader, args.amp)
+        test_loss, prec1 = utils.evaluate(step_model, test_loader, args.amp)
         utils.log_test(prec1, test_loss)
         best_prec1 = max(best_prec1, prec1)
         results.add(epoch=epoch + 1, train_loss=progress.loss, train_acc=progress.accuracy,
                     test_loss=test_loss, test_acc=prec1, lr=current_lr, train_time=train_time,
-                    time=time.time() - epoch_start)
+                    time=time.time() - epoch_start, coords=(basis @ (flat.data - w_start)).tolist())
         ckpt = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "loader_rng": train_loader.generator.get_state(), "rng": utils.rng_state(),

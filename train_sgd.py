@@ -27,8 +27,6 @@ def build_parser():
                    "CIFAR10 and others, 150 for CIFAR100)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the samples of another run in --save-dir")
-    p.add_argument("--amp", default=None, choices=("bf16", "fp16"),
-                   help="autocast precision (fp16 uses loss scaling); --half means fp16")
     return p
 
 
@@ -70,6 +68,9 @@ def train_epoch(model, loader, optimizer, scaler, epoch, args, device, epochs_le
     model.train()
     progress = utils.EpochProgress(epoch, len(loader), args.print_freq, epochs_left_after)
     for i, (x, y) in enumerate(loader):
+        utils.mark_step(args, device)
+        if getattr(args, "channels_last", False):
+            x = x.contiguous(memory_format=torch.channels_last)
         with utils.autocast(device, args.amp):
             output = model(x)
             loss = F.cross_entropy(output.float(), y)
@@ -92,6 +93,10 @@ def main(argv=None):
     train_set, test_set = utils.load_data(args, write_noise_record=not resuming)
     num_classes = train_set.num_classes
     model = utils.build_model(args, num_classes, device)
+    args.channels_last = device.type == "cuda"  # NHWC convolutions are faster on tensor cores
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = utils.compile_model(model, args, device)
     n_params = sum(p.numel() for p in utils.trainable_parameters(model))
     utils.log(f"=> {args.arch}: {n_params} trainable parameters, {args.datasets} "
               f"({len(train_set)} train / {len(test_set)} test, {num_classes} classes), "
@@ -146,7 +151,7 @@ def main(argv=None):
         epoch_start = time.time()
         current_lr = optimizer.param_groups[0]["lr"]
         try:
-            progress = train_epoch(model, train_loader, optimizer, scaler, epoch, args, device,
+            progress = train_epoch(step_model, train_loader, optimizer, scaler, epoch, args, device,
                                    args.epochs - epoch - 1)
         except utils.NonFiniteLoss as e:
             raise SystemExit(f"error: {e}; samples up to {epoch}.pt are kept in {args.save_dir}")
@@ -155,7 +160,7 @@ def main(argv=None):
                 group["lr"] = lr
         scheduler.step()
         train_time = time.time() - epoch_start
-        test_loss, prec1 = utils.evaluate(model, test_loader, args.amp)
+        test_loss, prec1 = utils.evaluate(step_model, test_loader, args.amp)
         utils.log_test(prec1, test_loss)
         best_prec1 = max(best_prec1, prec1)
         utils.save_sample(model, args.save_dir, epoch + 1)

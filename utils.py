@@ -116,6 +116,15 @@ def add_common_arguments(parser, *, epochs, lr, batch_size, workers=4):
                    help="train on the first fraction P of the training set")
     p.add_argument("--device", default=None,
                    help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when present, else cpu)")
+    p.add_argument("--amp", default=None, choices=("bf16", "fp16"),
+                   help="autocast precision; fp16 uses loss scaling (P-BFGS: bf16 recommended); "
+                        "--half means fp16")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (with CUDA graphs on CUDA: mode reduce-overhead)")
+    p.add_argument("--compile-mode", default=None, metavar="MODE",
+                   help="torch.compile mode (default: reduce-overhead on CUDA, default on CPU)")
+    p.add_argument("--compile-backend", default="inductor", metavar="NAME",
+                   help="torch.compile backend (default: inductor; aot_eager compiles in seconds)")
     p.add_argument("--loader", default="memory", choices=("memory", "dataloader"),
                    help="memory: data held on the device, augmented per batch there (fast, default); "
                         "dataloader: torchvision transforms in a DataLoader (the authors' path)")
@@ -203,8 +212,6 @@ class ImageSet:
 
 
 def _cifar(train, root, cls, mean, std):
-    import torchvision  # imported here: DIGITS and synthetic runs do not need it
-
     try:
         ds = cls(root=root, train=train, download=True)
     except Exception as e:  # download or archive failure: one line naming the folder
@@ -215,7 +222,7 @@ def _cifar(train, root, cls, mean, std):
 
 
 def load_cifar10(train, root):
-    import torchvision
+    import torchvision  # imported here: DIGITS and synthetic runs do not need it
     # The authors normalised CIFAR-10 with the ImageNet statistics; kept for identical inputs.
     return _cifar(train, root, torchvision.datasets.CIFAR10, IMAGENET_MEAN, IMAGENET_STD)
 
@@ -920,6 +927,25 @@ def autocast(device, amp):
 
 def log_test(prec, loss):
     log(f" * Prec@1 {prec:.3f}\tLoss {loss:.4f}")
+
+
+def compile_model(model, args, device):
+    """``--compile``: the module that runs forward passes; ``model`` keeps the parameters and state."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    if not args.compile:
+        return model
+    backend = getattr(args, "compile_backend", "inductor")
+    if backend != "inductor":
+        return torch.compile(model, backend=backend)  # modes are inductor options
+    mode = args.compile_mode or ("reduce-overhead" if device.type == "cuda" else None)
+    return torch.compile(model, mode=mode)
+
+
+def mark_step(args, device):
+    """With CUDA graphs, tell torch that a new training iteration begins (outputs may be reused)."""
+    if args.compile and device.type == "cuda":
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def build_model(args, num_classes, device):

@@ -2,7 +2,6 @@
 import argparse
 import hashlib
 import json
-import os
 import pickle
 
 import numpy as np

@@ -235,3 +235,26 @@ def test_pbfgs_lowers_the_training_loss():
     opt = PBFGS(model, basis)
     losses = [opt.step(x, y) for _ in range(15)]
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_compiled_model_follows_the_eager_trajectory():
+    """--compile: P-BFGS through torch.compile (flat-buffer views, buffer restores) = eager."""
+    model, basis, batches = make_problem(seed=8, n_batches=4)
+    twin = copy.deepcopy(model)
+    eager = PBFGS(model, basis)
+    flat = utils.FlatParameters(twin)
+    compiled = PBFGS(torch.compile(twin, backend="aot_eager"), basis, flat=flat)
+    for x, y in batches:
+        assert compiled.step(x, y) == pytest.approx(eager.step(x, y), rel=1e-10)
+    assert torch.allclose(flat.data, utils.flat_params(model), rtol=1e-9, atol=1e-12)
+    assert compiled.search_steps == eager.search_steps
+
+
+def test_bf16_autocast_pbfgs_lowers_the_loss():
+    torch.manual_seed(0)
+    model = TinyNet()
+    basis = utils.random_basis(sum(p.numel() for p in model.parameters()), 8, seed=1).float()
+    x, y = torch.randn(64, 3, 8, 8), torch.randint(4, (64,))
+    opt = PBFGS(model, basis, amp="bf16")
+    losses = [opt.step(x, y) for _ in range(12)]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0]

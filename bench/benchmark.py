@@ -1,0 +1,160 @@
+"""Per-epoch time of SGD, P-BFGS and P-SGD (ResNet-20, synthetic CIFAR-sized data), fast path against
+the DataLoader fp32 eager path, and the DLDR basis against scikit-learn's PCA, all in one run.
+
+    python bench/benchmark.py --device cuda                      # the issue's full-size setting
+    python bench/benchmark.py --device cpu --train-size 2048 --test-size 512   # a quick CPU check
+
+Each figure is the median of --repeats timed epochs after one untimed warm-up epoch (which absorbs
+torch.compile and cuDNN autotuning). An epoch is its training steps plus the test-set evaluation.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import models  # noqa: E402
+import train_pbfgs  # noqa: E402
+import train_psgd  # noqa: E402
+import train_sgd  # noqa: E402
+import utils  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_args(path, batch_size, device):
+    fast = path == "fast"
+    return argparse.Namespace(
+        batch_size=batch_size, loader="memory" if fast else "dataloader",
+        workers=0 if device.type == "cpu" else 8, print_freq=10**9, accumulate=1,
+        amp=("bf16" if fast and device.type == "cuda" else None),
+        compile=fast and device.type == "cuda", channels_last=fast and device.type == "cuda")
+
+
+def time_epochs(run_epoch, device, repeats):
+    run_epoch()  # warm-up: compilation, autotuning, allocator
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        run_epoch()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_method(method, path, train, test, device, repeats, k):
+    batch = 1024 if method == "pbfgs" else 128
+    args = make_args(path, batch, device)
+    torch.manual_seed(0)
+    model = models.build("resnet20", 10).to(device)
+    train_loader = utils.make_loader(train, args, device, shuffle=True, seed=0)
+    test_loader = utils.make_loader(test, args, device, shuffle=False)
+    if method == "sgd":
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        step_model = torch.compile(model) if args.compile else model
+        opt = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
+        scaler = torch.amp.GradScaler(device.type, enabled=False)
+
+        def epoch():
+            train_sgd.train_epoch(step_model, train_loader, opt, scaler, 0, args, device, 0)
+            utils.evaluate(step_model, test_loader, args.amp)
+    else:
+        flat = utils.FlatParameters(model)
+        basis = utils.random_basis(flat.data.numel(), k, seed=0).to(device, torch.float32)
+        step_model = torch.compile(model) if args.compile else model
+        if method == "pbfgs":
+            opt = train_pbfgs.PBFGS(step_model, basis, flat=flat, amp=args.amp)
+
+            def epoch():
+                train_pbfgs.train_epoch(opt, train_loader, 0, args, 0)
+                utils.evaluate(step_model, test_loader, args.amp)
+        else:
+            opt = torch.optim.SGD(flat.params, lr=1.0, momentum=0.9)
+            scaler = torch.amp.GradScaler(device.type, enabled=False)
+
+            def epoch():
+                train_psgd.train_epoch(step_model, flat, basis, train_loader, opt, scaler, 0, args,
+                                       device, 0)
+                utils.evaluate(step_model, test_loader, args.amp)
+    return time_epochs(epoch, device, repeats)
+
+
+def bench_basis(device, n_samples=81, k=40, repeats=3):
+    """Our exact basis (on the device) against scikit-learn's default PCA (CPU) on the same samples."""
+    from sklearn.decomposition import PCA
+
+    dim = sum(p.numel() for p in models.build("resnet20", 10).parameters())
+    g = torch.Generator().manual_seed(0)
+    steps = torch.randn(n_samples, dim, generator=g) * torch.linspace(1, 0.05, n_samples)[:, None]
+    samples = steps.cumsum(0)  # a random walk with shrinking steps, like a trajectory
+    ours_t, ref_t = [], []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        basis, _ = utils.subspace_basis(samples.to(device), k)
+        sync(device)
+        ours_t.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        pca = PCA(n_components=k).fit(samples.numpy())
+        ref_t.append(time.perf_counter() - start)
+    # Exactness: the same subspace as the full-SVD PCA.
+    full = PCA(n_components=k, svd_solver="full").fit(samples.double().numpy())
+    ref = torch.from_numpy(full.components_)
+    b = basis.double().cpu()
+    gap = torch.linalg.matrix_norm(b.T @ (b @ ref.T) - ref.T, ord=2).item()
+    return statistics.median(ours_t), statistics.median(ref_t), gap
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--train-size", type=int, default=50000)
+    p.add_argument("--test-size", type=int, default=10000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--n-components", type=int, default=40)
+    p.add_argument("--methods", default="sgd,pbfgs,psgd")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    train = utils.load_synthetic(True, n_train=args.train_size)
+    test = utils.load_synthetic(False, n_test=args.test_size)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"# ResNet-20, synthetic {args.train_size}/{args.test_size}, {name}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads")
+    rows, out = [], {"device": name, "torch": torch.__version__, "train_size": args.train_size,
+                     "test_size": args.test_size}
+    for method in args.methods.split(","):
+        ref = bench_method(method, "reference", train, test, device, args.repeats, args.n_components)
+        fast = bench_method(method, "fast", train, test, device, args.repeats, args.n_components)
+        rows.append((method, ref, fast))
+        out[method] = {"reference_s": ref, "fast_s": fast, "speedup": ref / fast}
+        print(f"  {method}: reference {ref:.3f} s/epoch, fast {fast:.3f} s/epoch", flush=True)
+    ours, sk, gap = bench_basis(device, k=args.n_components)
+    out["basis"] = {"ours_s": ours, "sklearn_pca_s": sk, "speedup": sk / ours, "subspace_gap": gap}
+    print()
+    print(f"| method (batch) | DataLoader fp32 eager s/epoch | fast path s/epoch | speed-up |")
+    print(f"|---|---:|---:|---:|")
+    batches = {"sgd": 128, "pbfgs": 1024, "psgd": 128}
+    for method, ref, fast in rows:
+        print(f"| {method} ({batches[method]}) | {ref:.3f} | {fast:.3f} | {ref / fast:.2f}x |")
+    print(f"| basis, 81 samples, k={args.n_components} | sklearn PCA {sk:.3f} s | ours {ours:.3f} s | "
+          f"{sk / ours:.2f}x (subspace gap {gap:.1e}) |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

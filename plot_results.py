@@ -1,0 +1,163 @@
+"""Plots of a save dir's runs, written as PNG files beside the results.
+
+    python plot_results.py SAVE_DIR
+
+- curves.png: test accuracy and training loss against epoch for SGD, P-SGD, P-BFGS and the
+  random-basis controls found in the save dir;
+- explained_variance.png: the explained-variance ratio of the SGD trajectory's principal
+  directions, per direction and cumulative;
+- trajectory.png: the SGD samples and the subspace runs projected on the trajectory's top two
+  principal directions, and a 3-D view on the top three.
+"""
+import argparse
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+import models  # noqa: E402
+import summarize  # noqa: E402
+import utils  # noqa: E402
+
+STYLE = {"sgd": ("SGD", "k", "-"), "psgd": ("P-SGD", "tab:blue", "-"),
+         "pbfgs": ("P-BFGS", "tab:red", "-"), "psgd_random": ("P-SGD, random basis", "tab:blue", ":"),
+         "pbfgs_random": ("P-BFGS, random basis", "tab:red", ":")}
+
+
+def style(tag):
+    return STYLE.get(tag, (tag, None, "--"))
+
+
+def plot_curves(runs):
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for tag in sorted(runs, key=lambda t: list(STYLE).index(t) if t in STYLE else 99):
+        epochs = runs[tag]["epochs"]
+        label, color, ls = style(tag)
+        ax_acc.plot([e["epoch"] for e in epochs], [e["test_acc"] for e in epochs], ls, color=color,
+                    label=label)
+        trained = [e for e in epochs if "train_loss" in e]
+        ax_loss.plot([e["epoch"] for e in trained], [e["train_loss"] for e in trained], ls,
+                     color=color, label=label)
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="Training loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def trajectory_pca(save_dir):
+    """(samples (n, D), model, run record) of the SGD run, or None without run.json."""
+    path = os.path.join(save_dir, "run.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    model = models.build(record["arch"], record["num_classes"])
+    epochs = utils.available_samples(save_dir)
+    samples = torch.stack([utils.param_vector_from_state(
+        utils.load_state(utils.sample_path(save_dir, e)), model) for e in epochs])
+    return samples, model, record
+
+
+def plot_explained_variance(samples):
+    k = min(len(samples) - 1, 30)
+    _, ratios = utils.subspace_basis(samples, k)
+    ratios = ratios.numpy()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(range(1, k + 1), ratios, color="tab:blue", label="per direction")
+    ax.plot(range(1, k + 1), ratios.cumsum(), "o-", color="tab:red", ms=3, label="cumulative")
+    ax.set(xlabel="principal direction", ylabel="explained variance ratio", ylim=(0, 1.02),
+           title=f"SGD trajectory, {len(samples)} samples")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig, ratios
+
+
+def subspace_path(run, samples, model):
+    """The run's per-epoch parameters, rebuilt as start + P^T coords (P recomputed exactly)."""
+    a = run["args"]
+    coords = torch.tensor([e["coords"] for e in run["epochs"] if "coords" in e], dtype=torch.float64)
+    if not len(coords):
+        return None
+    k = coords.shape[1]
+    if a["basis"] == "random":
+        basis = utils.random_basis(samples.shape[1], k, a["randomseed"])
+    else:
+        basis, _ = utils.subspace_basis(samples[a["params_start"]:a["params_end"]], k)
+    start = samples[a["params_start"]].double()
+    return start + coords @ basis
+
+
+def plot_trajectory(samples, runs, model):
+    basis, _ = utils.subspace_basis(samples, min(3, len(samples) - 1))
+    mean = samples.double().mean(0)
+    project = lambda w: ((w.double() - mean) @ basis.T).numpy()
+    sgd = project(samples)
+    fig = plt.figure(figsize=(11, 4.5))
+    ax2 = fig.add_subplot(1, 2, 1)
+    ax3 = fig.add_subplot(1, 2, 2, projection="3d") if basis.shape[0] >= 3 else None
+    paths = {"sgd": sgd}
+    for tag, run in runs.items():
+        if tag != "sgd" and "args" in run and "coords" in run["epochs"][-1]:
+            path = subspace_path(run, samples, model)
+            if path is not None:
+                paths[tag] = project(path)
+    for tag, xyz in paths.items():
+        label, color, ls = style(tag)
+        ax2.plot(xyz[:, 0], xyz[:, 1], ls, marker="o", ms=2.5, color=color, label=label)
+        if ax3 is not None:
+            ax3.plot(xyz[:, 0], xyz[:, 1], xyz[:, 2], ls, marker="o", ms=2, color=color, label=label)
+    ax2.plot(sgd[0, 0], sgd[0, 1], "g*", ms=12, label="initialisation (sample 0)")
+    ax2.set(xlabel="PC 1", ylabel="PC 2", title="Trajectories on the top two directions")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    if ax3 is not None:
+        ax3.set(xlabel="PC 1", ylabel="PC 2", zlabel="PC 3", title="Top three directions")
+    fig.tight_layout()
+    return fig, paths
+
+
+def plot_save_dir(save_dir):
+    """Write every plot the save dir allows; returns the paths written."""
+    runs = summarize.load_runs(save_dir)
+    if not runs:
+        raise utils.UsageError(f"{save_dir}: no results_*.json to plot; run the scripts first")
+    written = []
+
+    def save(fig, name):
+        path = os.path.join(save_dir, name)
+        utils.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+        plt.close(fig)
+        written.append(path)
+
+    save(plot_curves(runs), "curves.png")
+    trajectory = trajectory_pca(save_dir)
+    if trajectory is not None and len(trajectory[0]) >= 3:
+        samples, model, _ = trajectory
+        save(plot_explained_variance(samples)[0], "explained_variance.png")
+        save(plot_trajectory(samples, runs, model)[0], "trajectory.png")
+    return written
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Plot the runs of a DLDR save dir (PNG files beside them)")
+    p.add_argument("save_dir")
+    args = p.parse_args(argv)
+    for path in plot_save_dir(args.save_dir):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except utils.UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,78 @@
+"""plot_results.py draws its curves from the results files and writes valid PNG images."""
+import json
+
+import matplotlib.image
+import numpy as np
+import torch
+
+import models
+import plot_results
+import summarize
+import utils
+
+
+def _save_dir(tmp_path):
+    torch.manual_seed(0)
+    model = models.build("resnet20", 10)
+    for e in range(6):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.02 * (e + 1) * torch.randn_like(p))
+        utils.save_sample(model, str(tmp_path), e)
+    json.dump({"arch": "resnet20", "num_classes": 10}, open(tmp_path / "run.json", "w"))
+    sgd = {"method": "sgd", "epochs": [{"epoch": e, "test_acc": 10.0 + 15 * e, "train_loss": 2.0 / (e + 1)}
+                                       for e in range(6)]}
+    json.dump(sgd, open(tmp_path / "results_sgd.json", "w"))
+    for tag, basis in (("psgd", "dldr"), ("psgd_random", "random")):
+        rng = np.random.default_rng(len(tag))
+        epochs = [{"epoch": e, "test_acc": float(rng.uniform(10, 90)),
+                   "train_loss": float(rng.uniform(0.1, 2)), "coords": rng.normal(size=3).tolist()}
+                  for e in range(4)]
+        epochs[0]["coords"] = [0.0, 0.0, 0.0]
+        run = {"method": "psgd", "basis": basis, "epochs": epochs,
+               "args": {"basis": basis, "params_start": 1, "params_end": 5, "randomseed": 1}}
+        json.dump(run, open(tmp_path / f"results_{tag}.json", "w"))
+    return tmp_path
+
+
+def test_plots_are_valid_images_drawn_from_the_results(tmp_path):
+    folder = _save_dir(tmp_path)
+    written = plot_results.plot_save_dir(str(folder))
+    assert sorted(p.rsplit("/", 1)[1] for p in written) == [
+        "curves.png", "explained_variance.png", "trajectory.png"]
+    for path in written:
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and image.shape[0] >= 300 and image.shape[1] >= 500
+        assert image[..., :3].std() > 0.05  # something was drawn
+
+    runs = summarize.load_runs(str(folder))
+    fig = plot_results.plot_curves(runs)
+    acc_ax, loss_ax = fig.axes
+    labels = [line.get_label() for line in acc_ax.lines]
+    assert labels == ["SGD", "P-SGD", "P-SGD, random basis"]
+    for line, tag in zip(acc_ax.lines, ["sgd", "psgd", "psgd_random"]):
+        assert list(line.get_ydata()) == [e["test_acc"] for e in runs[tag]["epochs"]]
+        assert list(line.get_xdata()) == [e["epoch"] for e in runs[tag]["epochs"]]
+    for line, tag in zip(loss_ax.lines, ["sgd", "psgd", "psgd_random"]):
+        assert list(line.get_ydata()) == [e["train_loss"] for e in runs[tag]["epochs"]]
+
+
+def test_explained_variance_and_trajectory_use_the_samples(tmp_path):
+    folder = _save_dir(tmp_path)
+    samples, model, _ = plot_results.trajectory_pca(str(folder))
+    assert samples.shape == (6, sum(p.numel() for p in model.parameters()))
+    _, ratios = plot_results.plot_explained_variance(samples)
+    assert len(ratios) == 5 and abs(ratios.sum() - 1) < 1e-9
+    runs = summarize.load_runs(str(folder))
+    _, paths = plot_results.plot_trajectory(samples, runs, model)
+    assert paths["sgd"].shape == (6, 3)
+    # Every subspace run starts at its restart sample (params_start = 1).
+    for tag in ("psgd", "psgd_random"):
+        assert np.allclose(paths[tag][0], paths["sgd"][1], atol=1e-9)
+        assert paths[tag].shape == (4, 3)
+
+
+def test_plot_without_results_is_one_clear_error(tmp_path):
+    import pytest
+    with pytest.raises(utils.UsageError, match="no results"):
+        plot_results.plot_save_dir(str(tmp_path))
