@@ -105,7 +105,7 @@ def bench_basis(device, n_samples=81, k=40, repeats=3):
         sync(device)
         ours_t.append(time.perf_counter() - start)
         start = time.perf_counter()
-        pca = PCA(n_components=k).fit(samples.numpy())
+        PCA(n_components=k).fit(samples.numpy())
         ref_t.append(time.perf_counter() - start)
     # Exactness: the same subspace as the full-SVD PCA.
     full = PCA(n_components=k, svd_solver="full").fit(samples.double().numpy())
@@ -144,8 +144,8 @@ def main():
     ours, sk, gap = bench_basis(device, k=args.n_components)
     out["basis"] = {"ours_s": ours, "sklearn_pca_s": sk, "speedup": sk / ours, "subspace_gap": gap}
     print()
-    print(f"| method (batch) | DataLoader fp32 eager s/epoch | fast path s/epoch | speed-up |")
-    print(f"|---|---:|---:|---:|")
+    print("| method (batch) | DataLoader fp32 eager s/epoch | fast path s/epoch | speed-up |")
+    print("|---|---:|---:|---:|")
     batches = {"sgd": 128, "pbfgs": 1024, "psgd": 128}
     for method, ref, fast in rows:
         print(f"| {method} ({batches[method]}) | {ref:.3f} | {fast:.3f} | {ref / fast:.2f}x |")
