@@ -462,11 +462,18 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
+def _file_mode():
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path, write):
     """Write through ``write(file)`` into a temporary file beside ``path``, fsync, then rename."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())  # mkstemp makes 0600; samples are shared, so honour the umask
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

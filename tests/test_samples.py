@@ -27,6 +27,9 @@ def test_samples_round_trip_in_named_parameters_order(tmp_path):
     n_params = sum(p.numel() for p in _model().parameters())
     assert matrix.shape == (3, n_params)
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "0.pt").st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_authors_dataparallel_samples_load(tmp_path):
