@@ -722,13 +722,15 @@ def subspace_basis(samples, n_components, block=1 << 20):
         raise UsageError(f"--n_components {n_components}: {n} samples span at most {n - 1} "
                          f"directions; use --n_components <= {n - 1} or more samples")
     gram = torch.zeros(n, n, dtype=torch.float64, device=samples.device)
-    means = []
+    keep = n * dim * 8 <= 1 << 30  # small enough: keep the centred float64 blocks for pass two
+    blocks, means = [], []
     for lo in range(0, dim, block):
         cols = samples[:, lo:lo + block].double()
         m = cols.mean(0)
-        means.append(m)
-        cols = cols - m
+        cols -= m
         gram += cols @ cols.T
+        blocks.append(cols if keep else None)
+        means.append(m)
     evals, evecs = torch.linalg.eigh(gram)  # ascending
     evals, evecs = evals.flip(0), evecs.flip(1)
     total = evals.clamp_min(0).sum()
@@ -736,18 +738,19 @@ def subspace_basis(samples, n_components, block=1 << 20):
     if top[-1] <= total * 1e-14 or total <= 0:
         raise UsageError(f"--n_components {n_components}: the samples span fewer directions "
                          "(they are identical or nearly so); use fewer components")
+    # Deterministic signs (PCA directions have none): each direction points from the first sample
+    # towards the last, i.e. v[-1] - v[0] >= 0, decided on the n-vectors before the long pass.
+    vecs = vecs * torch.where(vecs[-1] - vecs[0] < 0, -1.0, 1.0).to(vecs.dtype)
     basis = torch.empty(n_components, dim, dtype=torch.float64, device=samples.device)
     scale = top.rsqrt()
     for i, lo in enumerate(range(0, dim, block)):
-        cols = samples[:, lo:lo + block].double() - means[i]
+        cols = blocks[i] if keep else samples[:, lo:lo + block].double() - means[i]
         basis[:, lo:lo + block] = (vecs.T @ cols) * scale[:, None]
-    # The Gram route squares the condition number: re-orthonormalise the rows (same span, the
-    # QR keeps each row's direction) so that P P^T = I to working precision.
-    q, r = torch.linalg.qr(basis.T)
-    basis = (q * torch.sign(torch.diagonal(r))).T.contiguous()
-    # Deterministic signs: the largest entry of each row is positive (PCA directions have none).
-    signs = torch.sign(basis.gather(1, basis.abs().argmax(1, keepdim=True)))
-    basis *= signs
+    del blocks
+    # The Gram route squares the condition number: re-orthonormalise the rows (same span, each row
+    # keeps its direction) by Cholesky QR, one small Gram matrix and a triangular solve.
+    chol = torch.linalg.cholesky(basis @ basis.T)
+    basis = torch.linalg.solve_triangular(chol, basis, upper=False)
     return basis, (top / total)
 
 
