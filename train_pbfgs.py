@@ -190,16 +190,10 @@ def main(argv=None):
         loss, prec = utils.evaluate(model, test_loader, args.amp)
         utils.log_test(prec, loss)
         return
+    stateful = {"pbfgs": opt}
     if args.resume:
-        path = utils.find_resume_checkpoint(args, ckpt_name)
-        ckpt = utils.safe_load(path)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["pbfgs"])
-        train_loader.generator.set_state(ckpt["loader_rng"])
-        utils.set_rng_state(ckpt["rng"])
-        start_epoch, best_prec1 = ckpt["epoch"], ckpt["best_prec1"]
-        results.data["epochs"] = ckpt["results"]
-        utils.log(f"=> resumed from {path} after epoch {start_epoch}")
+        start_epoch, best_prec1 = utils.resume_run(args, ckpt_name, model, stateful, train_loader,
+                                                   results)
     else:
         loss, prec = utils.evaluate(model, test_loader, args.amp)
         utils.log(f"=> start (sample {args.params_start}):")
@@ -224,9 +218,7 @@ def main(argv=None):
                     time=time.time() - epoch_start, mean_shrinks=sum(steps) / max(len(steps), 1),
                     skipped_pairs=opt.skipped_pairs,
                     coords=(basis @ (opt.flat.data - w_start)).tolist())
-        ckpt = {"epoch": epoch + 1, "model": model.state_dict(), "pbfgs": opt.state_dict(),
-                "loader_rng": train_loader.generator.get_state(), "rng": utils.rng_state(),
-                "best_prec1": best_prec1, "results": results.data["epochs"]}
+        ckpt = utils.checkpoint_state(epoch + 1, model, stateful, train_loader, best_prec1, results)
         utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, ckpt_name))
     utils.atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()},
                             os.path.join(args.save_dir, final_name))

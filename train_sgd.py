@@ -122,18 +122,10 @@ def main(argv=None):
         loss, prec = utils.evaluate(model, test_loader, args.amp)
         utils.log_test(prec, loss)
         return
+    stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     if resuming:
-        path = utils.find_resume_checkpoint(args, "checkpoint.pt")
-        ckpt = utils.safe_load(path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        train_loader.generator.set_state(ckpt["loader_rng"])
-        utils.set_rng_state(ckpt["rng"])
-        start_epoch, best_prec1 = ckpt["epoch"], ckpt["best_prec1"]
-        results.data["epochs"] = ckpt["results"]
-        utils.log(f"=> resumed from {path} after epoch {start_epoch}")
+        start_epoch, best_prec1 = utils.resume_run(args, "checkpoint.pt", model, stateful,
+                                                   train_loader, results)
     else:
         utils.atomic_write_json(os.path.join(args.save_dir, "run.json"),
                                 utils.provenance(args, num_classes))
@@ -168,10 +160,7 @@ def main(argv=None):
                     test_loss=test_loss, test_acc=prec1, lr=current_lr,
                     train_time=train_time, time=time.time() - epoch_start,
                     images_per_s=progress.seen / max(train_time, 1e-9))
-        ckpt = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "loader_rng": train_loader.generator.get_state(), "rng": utils.rng_state(),
-                "best_prec1": best_prec1, "results": results.data["epochs"]}
+        ckpt = utils.checkpoint_state(epoch + 1, model, stateful, train_loader, best_prec1, results)
         utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, "checkpoint.pt"))
         if (epoch + 1) % args.save_every == 0:
             utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, f"checkpoint_{epoch + 1}.pt"))

@@ -687,6 +687,30 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def checkpoint_state(epoch, model, stateful, train_loader, best_prec1, results):
+    """Everything an exact resume needs after ``epoch``; ``stateful`` maps names to objects with
+    ``state_dict()`` (optimizer, scheduler, scaler, P-BFGS)."""
+    state = {"epoch": epoch, "model": model.state_dict(),
+             "loader_rng": train_loader.generator.get_state(), "rng": rng_state(),
+             "best_prec1": best_prec1, "results": results.data["epochs"]}
+    state.update({name: obj.state_dict() for name, obj in stateful.items()})
+    return state
+
+
+def resume_run(args, checkpoint_name, model, stateful, train_loader, results):
+    """Restore what ``checkpoint_state`` saved; returns (epochs done, best Prec@1)."""
+    path = find_resume_checkpoint(args, checkpoint_name)
+    ckpt = safe_load(path)
+    model.load_state_dict(ckpt["model"])
+    for name, obj in stateful.items():
+        obj.load_state_dict(ckpt[name])
+    train_loader.generator.set_state(ckpt["loader_rng"])
+    set_rng_state(ckpt["rng"])
+    results.data["epochs"] = ckpt["results"]
+    log(f"=> resumed from {path} after epoch {ckpt['epoch']}")
+    return ckpt["epoch"], ckpt["best_prec1"]
+
+
 def find_resume_checkpoint(args, name):
     """Path of the checkpoint to resume from: --resume PATH, or the save dir's ``name``."""
     path = os.path.join(args.save_dir, name) if args.resume == "auto" else args.resume
