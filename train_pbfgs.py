@@ -220,8 +220,7 @@ def main(argv=None):
                     coords=(basis @ (opt.flat.data - w_start)).tolist())
         ckpt = utils.checkpoint_state(epoch + 1, model, stateful, train_loader, best_prec1, results)
         utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, ckpt_name))
-    utils.atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()},
-                            os.path.join(args.save_dir, final_name))
+    utils.save_model(model, os.path.join(args.save_dir, final_name))
     utils.log(f"=> P-BFGS done: best Prec@1 {best_prec1:.3f}, total time "
               f"{utils.format_eta(time.time() - run_start)}, model in "
               f"{os.path.join(args.save_dir, final_name)}")

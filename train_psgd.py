@@ -37,7 +37,7 @@ def build_parser():
     utils.add_subspace_arguments(p)
     p.add_argument("--momentum", default=0.9, type=float, metavar="M", help="momentum (default: 0.9)")
     p.add_argument("--milestones", default=[30, 50],
-                   type=lambda s: [int(v) for v in s.split(",") if v], metavar="E1,E2",
+                   type=utils.int_list, metavar="E1,E2",
                    help="epochs where the LR drops 10x (default: 30,50)")
     return p
 
@@ -111,8 +111,7 @@ def main(argv=None):
                     time=time.time() - epoch_start, coords=(basis @ (flat.data - w_start)).tolist())
         ckpt = utils.checkpoint_state(epoch + 1, model, stateful, train_loader, best_prec1, results)
         utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, ckpt_name))
-    utils.atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()},
-                            os.path.join(args.save_dir, final_name))
+    utils.save_model(model, os.path.join(args.save_dir, final_name))
     utils.log(f"=> P-SGD done: best Prec@1 {best_prec1:.3f}, total time "
               f"{utils.format_eta(time.time() - run_start)}, model in "
               f"{os.path.join(args.save_dir, final_name)}")

@@ -22,7 +22,7 @@ def build_parser():
                    type=float, metavar="W", help="weight decay (default: 1e-4)")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"),
                    help="sgd (default) or adam")
-    p.add_argument("--milestones", default=None, type=lambda s: [int(v) for v in s.split(",") if v],
+    p.add_argument("--milestones", default=None, type=utils.int_list,
                    metavar="E1,E2", help="epochs where the LR drops 10x (default: 100,150 for "
                    "CIFAR10 and others, 150 for CIFAR100)")
     p.add_argument("--overwrite", action="store_true",

@@ -50,6 +50,14 @@ def fraction(text):
     return value
 
 
+def int_list(text):
+    """argparse type: comma-separated integers, e.g. '100,150'."""
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
 def positive_int(text):
     try:
         value = int(text)
@@ -533,9 +541,13 @@ def describe_epochs(epochs):
     return ", ".join(runs)
 
 
+def save_model(model, path):
+    """The model's state dict, on the CPU, written atomically (samples and final models alike)."""
+    atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+
+
 def save_sample(model, save_dir, epoch):
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save(state, sample_path(save_dir, epoch))
+    save_model(model, sample_path(save_dir, epoch))
 
 
 def strip_module_prefix(state):
