@@ -20,7 +20,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-import models  # noqa: E402
 import summarize  # noqa: E402
 import utils  # noqa: E402
 
@@ -59,7 +58,7 @@ def trajectory_pca(save_dir):
         return None
     with open(path) as f:
         record = json.load(f)
-    model = models.build(record["arch"], record["num_classes"])
+    model = utils.new_model(record["arch"], record.get("datasets"), record["num_classes"])
     epochs = utils.available_samples(save_dir)
     samples = torch.stack([utils.param_vector_from_state(
         utils.load_state(utils.sample_path(save_dir, e)), model) for e in epochs])
@@ -91,7 +90,8 @@ def subspace_path(run, samples, model):
     if a["basis"] == "random":
         basis = utils.random_basis(samples.shape[1], k, a["randomseed"])
     else:
-        basis, _ = utils.subspace_basis(samples[a["params_start"]:a["params_end"]], k)
+        used = samples[a["params_start"]:a["params_end"]:a.get("params_step", 1)]
+        basis, _ = utils.subspace_basis(used, k)
     start = samples[a["params_start"]].double()
     return start + coords @ basis
 

@@ -28,6 +28,10 @@ class PBFGS:
 
     Line-search forwards run in train mode, as the authors' did, and every buffer (BatchNorm
     statistics) is restored after each try, as their reload from disk did.
+
+    Under torchrun each process holds its part of the global batch: gradients are summed over
+    the processes and every loss (the batch's, and each line-search try's) is the global batch's
+    before any decision, so all processes take the same step and keep the same H.
     """
 
     def __init__(self, model, basis, criterion=F.cross_entropy, sigma=0.4, shrink=0.4,
@@ -54,14 +58,21 @@ class PBFGS:
         self.skipped_pairs = 0      # non-finite curvature pairs left out of H
         self.iterations = 0
         self.last_output = None
+        self.processes = utils.world()[1]
 
-    def _loss(self, inputs, targets):
+    def _loss(self, inputs, targets, share=1.0):
+        """This process's contribution to the batch loss: its mean loss times its share."""
         self.before_forward()
         with utils.autocast(inputs.device, self.amp):
             output = self.model(inputs)
-        # Low-precision logits are scored in float32; float32/float64 models keep their precision.
-        scored = output.float() if output.dtype in (torch.float16, torch.bfloat16) else output
-        return self.criterion(scored, targets), output
+        loss = self.criterion(utils.full_precision(output), targets)
+        return (loss if self.processes == 1 else loss * share), output
+
+    def _global(self, loss):
+        """The global batch's loss as a float: the sum of the processes' contributions."""
+        if self.processes == 1:
+            return loss.item()
+        return utils.all_reduce_sum_(loss.detach().clone()).item()
 
     def step(self, inputs, targets):
         """One P-BFGS iteration on one batch; returns the batch loss before the step."""
@@ -75,17 +86,20 @@ class PBFGS:
         self.model.train()
         self.flat.zero_grad()
         for inputs, targets in batches:
-            loss, output = self._loss(inputs, targets)
+            share = utils.global_batch_share(targets.shape[0], inputs.device)
+            loss, output = self._loss(inputs, targets, share)
             loss.backward()
+        utils.all_reduce_sum_(self.flat.grad)  # one all-reduce of the flat buffer per iteration
         grad = self.flat.grad / len(batches) if len(batches) > 1 else self.flat.grad
         self.last_output = output.detach().clone()  # CUDA graphs may reuse the output buffer
-        loss_value = loss.item()
-        self.update(grad, loss_value, inputs, targets)
+        loss_value = self._global(loss)
+        self.update(grad, loss_value, inputs, targets, share)
         return loss_value
 
     @torch.no_grad()
-    def update(self, grad, loss_value, inputs, targets):
-        """The P-BFGS update from a full gradient ``grad`` (D,) at the current point."""
+    def update(self, grad, loss_value, inputs, targets, share=1.0):
+        """The P-BFGS update from a full gradient ``grad`` (D,) at the current point; ``share``
+        is this process's part of the batch (inputs, targets) under torchrun."""
         P = self.basis
         gk = P @ grad
         if self.g_last is not None:
@@ -107,10 +121,10 @@ class PBFGS:
         step, shrinks = direction, 0
         while shrinks < self.max_search:
             torch.addmv(w0, P.T, step, out=self.flat.data)
-            trial, _ = self._loss(inputs, targets)
+            trial, _ = self._loss(inputs, targets, share)
             for b, saved in zip(self.model.buffers(), buffers):
                 b.copy_(saved)
-            if trial.item() < loss_value + self.sigma * descent:
+            if self._global(trial) < loss_value + self.sigma * descent:
                 break
             shrinks += 1
             descent *= self.shrink
@@ -166,13 +180,13 @@ def train_epoch(opt, loader, epoch, args, epochs_left_after):
         progress.check_finite(loss_t, it)
         progress.update(it, loss_t, opt.last_output, targets)
         batches, it = [], it + 1
-    return progress
+    return progress.finish()
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     results_name, final_name, ckpt_name = utils.subspace_output_names(args, "pbfgs")
-    device = utils.validate_subspace_args(args, ckpt_name)
+    device = utils.init_distributed(utils.validate_subspace_args(args, ckpt_name))
     if args.lr != 1.0:
         utils.log(f"note: --lr {args.lr} is ignored; P-BFGS steps are set by the line search "
                   "(the authors' optimizer used lr 1)")
@@ -224,6 +238,7 @@ def main(argv=None):
     utils.log(f"=> P-BFGS done: best Prec@1 {best_prec1:.3f}, total time "
               f"{utils.format_eta(time.time() - run_start)}, model in "
               f"{os.path.join(args.save_dir, final_name)}")
+    return model
 
 
 if __name__ == "__main__":

@@ -22,13 +22,16 @@ def project_gradients_(model, basis, flat=None):
 
     ``basis`` is (k, D) with orthonormal rows, D the number of trainable parameters in
     ``named_parameters()`` order. With a ``utils.FlatParameters`` the projection is done in
-    place on its flat gradient buffer.
+    place on its flat gradient buffer. Under torchrun the k subspace coordinates of the gradient
+    are summed over the processes: k numbers to exchange instead of D.
     """
     if flat is not None:
-        flat.grad.copy_(basis.T @ (basis @ flat.grad))
+        coords = utils.all_reduce_sum_(basis @ flat.grad)
+        flat.grad.copy_(basis.T @ coords)
         return
     grad = utils.flat_grad(model)
-    utils.set_flat_grad_(model, basis.T @ (basis @ grad.to(basis.dtype)))
+    coords = utils.all_reduce_sum_(basis @ grad.to(basis.dtype))
+    utils.set_flat_grad_(model, basis.T @ coords)
 
 
 def build_parser():
@@ -44,27 +47,33 @@ def build_parser():
 
 def train_epoch(model, flat, basis, loader, optimizer, scaler, epoch, args, device, left_after):
     model.train()
+    processes = utils.world()[1]
     progress = utils.EpochProgress(epoch, len(loader), args.print_freq, left_after)
     for i, (x, y) in enumerate(loader):
         utils.mark_step(args, device)
         with utils.autocast(device, args.amp):
             output = model(x)
-            loss = F.cross_entropy(output.float(), y)
+            loss = F.cross_entropy(utils.full_precision(output), y)
         progress.check_finite(loss, i)
         flat.zero_grad()  # not optimizer.zero_grad(): the grads are views of the flat buffer
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
+        if processes > 1:  # the projection sums over processes: weight each by its share
+            scaler.scale(loss * utils.global_batch_share(y.shape[0], device)).backward()
+        else:
+            scaler.scale(loss).backward()
+        # Project (and sum over processes) before unscaling, so every process sees the same
+        # gradient when the scaler checks it for infinities.
         project_gradients_(model, basis, flat)
+        scaler.unscale_(optimizer)
         scaler.step(optimizer)
         scaler.update()
         progress.update(i, loss, output, y)
-    return progress
+    return progress.finish()
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     results_name, final_name, ckpt_name = utils.subspace_output_names(args, "psgd")
-    device = utils.validate_subspace_args(args, ckpt_name)
+    device = utils.init_distributed(utils.validate_subspace_args(args, ckpt_name))
     if not args.lr > 0:
         raise utils.UsageError(f"--lr {args.lr}: must be positive")
     utils.seed_everything(args.randomseed)
@@ -115,6 +124,7 @@ def main(argv=None):
     utils.log(f"=> P-SGD done: best Prec@1 {best_prec1:.3f}, total time "
               f"{utils.format_eta(time.time() - run_start)}, model in "
               f"{os.path.join(args.save_dir, final_name)}")
+    return model
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ def build_parser():
 
 
 def validate_args(args):
-    utils.check_arch_name(args.arch)
-    utils.check_dataset_name(args.datasets)
+    utils.check_arch_name(args.arch, args.datasets)
+    utils.check_dataset_name(args.datasets, args.data_root)
     device = utils.resolve_device(args.device)
     if args.lr is not None and not args.lr > 0:
         raise utils.UsageError(f"--lr {args.lr}: must be positive")
@@ -49,8 +49,7 @@ def validate_args(args):
             "of another run; pass --resume to continue it or --overwrite to replace it")
     if args.resume == "auto" and not os.path.isfile(os.path.join(args.save_dir, "checkpoint.pt")):
         raise utils.UsageError(f"--resume: no checkpoint.pt in {args.save_dir} to resume from")
-    if args.half:
-        args.amp = args.amp or "fp16"
+    utils.check_precision(args)
     utils.check_writable_dir(args.save_dir)
     return device
 
@@ -66,6 +65,7 @@ def clear_run(save_dir):
 
 def train_epoch(model, loader, optimizer, scaler, epoch, args, device, epochs_left_after):
     model.train()
+    processes = utils.world()[1]
     progress = utils.EpochProgress(epoch, len(loader), args.print_freq, epochs_left_after)
     for i, (x, y) in enumerate(loader):
         utils.mark_step(args, device)
@@ -73,34 +73,40 @@ def train_epoch(model, loader, optimizer, scaler, epoch, args, device, epochs_le
             x = x.contiguous(memory_format=torch.channels_last)
         with utils.autocast(device, args.amp):
             output = model(x)
-            loss = F.cross_entropy(output.float(), y)
+            loss = F.cross_entropy(utils.full_precision(output), y)
         progress.check_finite(loss, i)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        if processes > 1:  # DDP averages over processes: weight each by its share of the batch
+            scaler.scale(loss * (utils.global_batch_share(y.shape[0], device) * processes)).backward()
+        else:
+            scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         progress.update(i, loss, output, y)
-    return progress
+    return progress.finish()
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    device = validate_args(args)
+    device = utils.init_distributed(validate_args(args))
     utils.seed_everything(args.randomseed)
-    if args.overwrite:
+    if args.overwrite and utils.is_main_process():
         clear_run(args.save_dir)
     resuming = bool(args.resume)
     train_set, test_set = utils.load_data(args, write_noise_record=not resuming)
     num_classes = train_set.num_classes
-    model = utils.build_model(args, num_classes, device)
+    model = utils.sync_batchnorm(utils.build_model(args, num_classes, device), device)
     args.channels_last = device.type == "cuda"  # NHWC convolutions are faster on tensor cores
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    step_model = utils.compile_model(model, args, device)
+    # Under torchrun the steps run through DDP; evaluation (each process its shard) does not.
+    step_model = utils.compile_model(utils.distributed_model(model, device), args, device)
+    eval_model = step_model if utils.world()[1] == 1 else model
     n_params = sum(p.numel() for p in utils.trainable_parameters(model))
     utils.log(f"=> {args.arch}: {n_params} trainable parameters, {args.datasets} "
               f"({len(train_set)} train / {len(test_set)} test, {num_classes} classes), "
-              f"corrupt {args.corrupt}, device {device}")
+              f"corrupt {args.corrupt}, device {device}"
+              + (f", {utils.world()[1]} processes" if utils.world()[1] > 1 else ""))
 
     if args.optimizer == "sgd":
         lr = 0.1 if args.lr is None else args.lr
@@ -152,7 +158,7 @@ def main(argv=None):
                 group["lr"] = lr
         scheduler.step()
         train_time = time.time() - epoch_start
-        test_loss, prec1 = utils.evaluate(step_model, test_loader, args.amp)
+        test_loss, prec1 = utils.evaluate(eval_model, test_loader, args.amp)
         utils.log_test(prec1, test_loss)
         best_prec1 = max(best_prec1, prec1)
         utils.save_sample(model, args.save_dir, epoch + 1)
@@ -166,6 +172,7 @@ def main(argv=None):
             utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, f"checkpoint_{epoch + 1}.pt"))
     utils.log(f"=> SGD done: best Prec@1 {best_prec1:.3f}, total time "
               f"{utils.format_eta(time.time() - run_start)}, samples 0..{args.epochs} in {args.save_dir}")
+    return model
 
 
 if __name__ == "__main__":

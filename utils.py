@@ -10,6 +10,7 @@ import math
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,7 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 import models
@@ -37,6 +39,9 @@ def run_main(main, argv=None):
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def fraction(text):
@@ -68,6 +73,12 @@ def positive_int(text):
     return value
 
 
+def output_tag(text):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text):
+        raise argparse.ArgumentTypeError(f"expected letters, digits, '_', '.' or '-', got {text!r}")
+    return text
+
+
 def nonnegative_int(text):
     try:
         value = int(text)
@@ -90,11 +101,13 @@ def add_common_arguments(parser, *, epochs, lr, batch_size, workers=4):
     """The flags the three scripts share, with the authors' names, spellings and defaults."""
     p = parser
     p.add_argument("--arch", "-a", default="resnet20", metavar="ARCH",
-                   help="model architecture, one of models.names() (default: resnet20)")
+                   help="model architecture, one of models.names(); for ImageNet and folder one of "
+                        "torchvision.models.list_models(), e.g. resnet18 (default: resnet20)")
     p.add_argument("--datasets", default="CIFAR10", metavar="NAME",
                    help=f"dataset: {', '.join(DATASETS)} (default: CIFAR10)")
     p.add_argument("--data-root", "--data_root", dest="data_root", default="../data",
-                   help="where CIFAR is read from or downloaded to (default: ../data)")
+                   help="where CIFAR is read from or downloaded to, or the folder with train/ and "
+                        "val/ for ImageNet and folder (default: ../data)")
     p.add_argument("-j", "--workers", default=workers, type=nonnegative_int, metavar="N",
                    help=f"data loading workers of the DataLoader path (default: {workers})")
     p.add_argument("--epochs", default=epochs, type=nonnegative_int, metavar="N",
@@ -127,6 +140,9 @@ def add_common_arguments(parser, *, epochs, lr, batch_size, workers=4):
     p.add_argument("--amp", default=None, choices=("bf16", "fp16"),
                    help="autocast precision; fp16 uses loss scaling (P-BFGS: bf16 recommended); "
                         "--half means fp16")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   help="precision of parameters and computation; float64 is slow, for numerical "
+                        "checks such as comparing runs with different numbers of processes")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (with CUDA graphs on CUDA: mode reduce-overhead)")
     p.add_argument("--compile-mode", default=None, metavar="MODE",
@@ -135,7 +151,8 @@ def add_common_arguments(parser, *, epochs, lr, batch_size, workers=4):
                    help="torch.compile backend (default: inductor; aot_eager compiles in seconds)")
     p.add_argument("--loader", default="memory", choices=("memory", "dataloader"),
                    help="memory: data held on the device, augmented per batch there (fast, default); "
-                        "dataloader: torchvision transforms in a DataLoader (the authors' path)")
+                        "dataloader: torchvision transforms in a DataLoader (the authors' path; "
+                        "always for ImageNet and folder)")
     return p
 
 
@@ -150,12 +167,25 @@ def add_subspace_arguments(parser, *, n_components=40, params_end=51):
     p.add_argument("--params_end", "--params-end", dest="params_end", default=params_end,
                    type=positive_int, metavar="N",
                    help=f"samples params_start..params_end-1 build the basis (default: {params_end})")
+    p.add_argument("--params_step", "--params-step", dest="params_step", default=1,
+                   type=positive_int, metavar="S",
+                   help="use every S-th sample of that range: params_start, params_start+S, ... "
+                        "(default: 1, all of them)")
+    p.add_argument("--streaming-basis", "--streaming_basis", dest="streaming_basis",
+                   action="store_true",
+                   help="build the DLDR basis from the memory-mapped sample files in column blocks, "
+                        "so memory holds the basis plus ~1 GiB instead of all samples (automatic "
+                        "when the samples exceed 2 GiB as float32); slower, same basis")
     p.add_argument("--basis", default="dldr", choices=("dldr", "random"),
                    help="dldr: the trajectory's principal directions; random: an orthonormal "
                         "random basis of the same size (the control)")
     p.add_argument("--weight-decay", "--weight_decay", "--wd", dest="weight_decay", default=0.0,
                    type=float, metavar="W",
                    help="accepted for the authors' command lines; the subspace methods use none")
+    p.add_argument("--output-tag", "--output_tag", dest="output_tag", default=None, type=output_tag,
+                   metavar="TAG",
+                   help="suffix for this run's output files, so several subspace runs can share one "
+                        "save dir (e.g. TAG=k5 writes results_psgd_k5.json, PSGD_k5.pt)")
     return p
 
 
@@ -184,6 +214,144 @@ def resolve_device(name):
 
 def log(msg):
     print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Several processes: torchrun, DistributedDataParallel, BatchNorm over the global batch
+# ----------------------------------------------------------------------------------------------
+
+
+def world():
+    """(rank, number of processes); (0, 1) when not launched by torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process():
+    return world()[0] == 0
+
+
+def init_distributed(device):
+    """Join torchrun's process group when launched by it; returns this process's device.
+
+    NCCL with one GPU per process (LOCAL_RANK) on CUDA, Gloo on CPUs. Only rank 0 prints to
+    stdout and writes files (see ``atomic_write``); errors still reach stderr from every rank.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.get_rank() != 0:
+        sys.stdout = open(os.devnull, "w")
+    return device
+
+
+def all_reduce_sum_(tensor):
+    """Sum ``tensor`` over the processes in place; nothing to do in a single process."""
+    if world()[1] > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def global_batch_share(n_local, device):
+    """n_local / n_global: this process's share of the global batch (1.0 in one process).
+
+    A process's mean loss times its share, summed over the processes, is the mean loss of the
+    global batch, even when the processes hold unequal parts of it (the last batch of an epoch).
+    """
+    if world()[1] == 1:
+        return 1.0
+    total = all_reduce_sum_(torch.tensor([float(n_local)], dtype=torch.float64, device=device))
+    return n_local / total[0]
+
+
+class _DifferentiableAllReduce(torch.autograd.Function):
+    """Sum over processes whose backward sums the gradients over processes (every process's
+    output depends on every process's input)."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        return all_reduce_sum_(tensor.clone())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return all_reduce_sum_(grad.clone())
+
+
+class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch over all processes.
+
+    torch.nn.SyncBatchNorm runs on GPUs only; this one runs anywhere (it is what the CPU/Gloo
+    runs use). Mean first, then the centred second moment: two small all-reduces per layer, but
+    no E[x^2] - E[x]^2 cancellation. Gradients flow through the all-reduces. Same parameter and
+    buffer names as nn.BatchNorm*d, so samples stay interchangeable.
+    """
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"expected an input with at least 2 dimensions, got {x.dim()}")
+
+    def forward(self, x):
+        if not (self.training and world()[1] > 1):
+            return super().forward(x)
+        all_reduce = _DifferentiableAllReduce.apply
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        count = torch.tensor([xf.numel() / xf.shape[1]], dtype=xf.dtype, device=xf.device)
+        total = all_reduce(torch.cat([xf.sum(dims), count]))
+        n = total[-1].detach()
+        mean = total[:-1] / n
+        centred = xf - mean.view(shape)
+        var = all_reduce((centred * centred).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach() * m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)) * m)
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def sync_batchnorm(model, device):
+    """Under torchrun, every BatchNorm normalises over the global batch, so that several
+    processes compute what one process would with the same global batch."""
+    if world()[1] == 1:
+        return model
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(
+                    child, SyncBatchNorm):
+                new = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats)
+                # The same parameter and buffer tensors: nothing is copied or reordered.
+                for key, value in list(child._parameters.items()) + list(child._buffers.items()):
+                    setattr(new, key, value)
+                new.train(child.training)
+                parent._modules[name] = new
+    return model
+
+
+def distributed_model(model, device):
+    """DistributedDataParallel around ``model`` under torchrun (gradients averaged over the
+    processes during backward); the model itself otherwise."""
+    if world()[1] == 1:
+        return model
+    import inspect
+    ddp = torch.nn.parallel.DistributedDataParallel
+    # BatchNorm buffers already agree (statistics are global): no broadcast before each forward.
+    # The option's name changed in recent torch versions.
+    key = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
+           else "broadcast_buffers")
+    return ddp(model, device_ids=[device] if device.type == "cuda" else None, **{key: False})
 
 
 def format_eta(seconds):
@@ -273,21 +441,117 @@ def load_synthetic(train, root=None, n_train=50000, n_test=10000, num_classes=10
     return ImageSet(images, labels, num_classes, (0.5,) * 3, (0.3,) * 3, augment=train)
 
 
+FOLDER_DATASETS = ("ImageNet", "folder")  # read from disk per batch; --arch names torchvision models
+
+
+class FolderSet:
+    """A split in the ImageFolder layout (ROOT/CLASS/IMAGE), decoded from disk batch by batch.
+
+    Holds paths and labels only, with ImageSet's small interface (labels, num_classes, subset,
+    with_labels, mean/std, augment), so --smalldatasets and --corrupt work unchanged.
+    """
+
+    def __init__(self, paths, labels, classes, augment):
+        # One numpy bytes array, not a list of str: forked DataLoader workers then share the pages
+        # instead of copying them on every refcount touch (1.28M paths for ImageNet).
+        self.paths = np.asarray(paths, dtype=np.bytes_)
+        self.labels = labels
+        self.classes = list(classes)
+        self.num_classes = len(self.classes)
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.augment = augment
+
+    def __len__(self):
+        return len(self.labels)
+
+    def subset(self, n):
+        """n images taken round-robin over the classes (each class's first image, then its second,
+        ...), kept in folder order. A plain prefix would hold only the first classes, as ImageFolder
+        sorts by class; this needs no seed, so every script keeps the same images."""
+        labels = self.labels
+        order = torch.argsort(labels, stable=True)
+        counts = torch.bincount(labels, minlength=self.num_classes)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(labels)
+        rank[order] = torch.arange(len(labels)) - starts[labels[order]]
+        keep = torch.argsort(rank * self.num_classes + labels, stable=True)[:n].sort().values
+        return FolderSet(self.paths[keep.numpy()], labels[keep], self.classes, self.augment)
+
+    def with_labels(self, labels):
+        return FolderSet(self.paths, labels, self.classes, self.augment)
+
+
+def _folder_layout_hint(name, root):
+    return (f"--datasets {name} expects {os.path.join(root, 'train', 'CLASS', 'IMAGE')} and "
+            f"{os.path.join(root, 'val', 'CLASS', 'IMAGE')} (the ImageFolder layout)")
+
+
+def folder_classes(name, root):
+    """Class names of a folder dataset, read from the train/ and val/ folder names (no image scan)."""
+    from torchvision.datasets.folder import find_classes
+    found = {}
+    for split in ("train", "val"):
+        path = os.path.join(root, split)
+        if not os.path.isdir(path):
+            raise UsageError(f"--data-root {root}: no {split}/ folder; {_folder_layout_hint(name, root)}")
+        try:
+            found[split] = find_classes(path)[0]
+        except FileNotFoundError:
+            loose = "holds images but " if os.listdir(path) else "is empty: "
+            # e.g. ILSVRC2012's val/ ships flat; it must be sorted into one folder per class
+            raise UsageError(f"--data-root {root}: {split}/ {loose}no class folders; "
+                             f"{_folder_layout_hint(name, root)}")
+    train, val = found["train"], found["val"]
+    if train != val:  # the label numbers are the sorted folder names: they must agree
+        first = sorted(set(train) ^ set(val))[0]
+        raise UsageError(f"--data-root {root}: train/ has {len(train)} class folders and val/ "
+                         f"{len(val)}, differing in {first!r}; both need the same class folders")
+    return train
+
+
+def load_folder(train, root, name="folder"):
+    """``--datasets folder``: ROOT/train (augmented) or ROOT/val, classes from the folder names."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+    classes = folder_classes(name, root)
+    split = "train" if train else "val"
+    items = make_dataset(os.path.join(root, split), {c: i for i, c in enumerate(classes)},
+                         extensions=IMG_EXTENSIONS, allow_empty=True)
+    empty = sorted(set(classes) - {classes[label] for _, label in items})
+    if empty:  # a class without images cannot be learnt or tested
+        raise UsageError(f"--data-root {root}: {split}/{empty[0]}/ holds no images ({len(empty)} "
+                         f"such class folders; image files end in {', '.join(IMG_EXTENSIONS)})")
+    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+    return FolderSet([os.fsencode(path) for path, _ in items], labels, classes, augment=train)
+
+
+def load_imagenet(train, root):
+    """``--datasets ImageNet``: the ILSVRC2012 train/ and val/ folders, one folder per synset."""
+    return load_folder(train, root, name="ImageNet")
+
+
 DATASETS = {
     "CIFAR10": load_cifar10,
     "CIFAR100": load_cifar100,
     "DIGITS": load_digits,
     "SYNTHETIC": load_synthetic,
+    "ImageNet": load_imagenet,
+    "folder": load_folder,
 }
 
 
-def dataset_num_classes(name):
+def dataset_num_classes(name, data_root=None):
+    """Number of classes without loading the data (folder datasets: counted from the folders)."""
+    if name in FOLDER_DATASETS:
+        return len(folder_classes(name, data_root))
     return {"CIFAR10": 10, "CIFAR100": 100, "DIGITS": 10, "SYNTHETIC": 10}[name]
 
 
-def check_dataset_name(name):
+def check_dataset_name(name, data_root=None):
+    """Known name; with ``data_root``, a folder dataset's train/ and val/ layout too (cheap)."""
     if name not in DATASETS:
         raise UsageError(f"unknown --datasets {name!r}; known: {', '.join(DATASETS)}")
+    if name in FOLDER_DATASETS and data_root is not None:
+        folder_classes(name, data_root)
 
 
 def noisy_labels(labels, fraction, num_classes, seed):
@@ -307,7 +571,7 @@ def noisy_labels(labels, fraction, num_classes, seed):
 
 
 def load_data(args, write_noise_record=False):
-    """(train ImageSet, test ImageSet) after --smalldatasets and --corrupt.
+    """(train, test) ImageSets (FolderSets for ImageNet/folder) after --smalldatasets and --corrupt.
 
     The noise record ``noisy_labels.json`` in the save dir lists the chosen indices and their new
     labels; a script that finds one checks its own labels against it.
@@ -372,6 +636,9 @@ class MemoryLoader:
     def __init__(self, data, batch_size, device, shuffle, seed=0, padding=4):
         self.data = data
         self.batch_size = batch_size
+        # Under torchrun every process draws the same permutation and augmentation, then takes
+        # its part of each global batch (training) or its shard of the split (evaluation).
+        self.rank, self.world_size = world()
         self.device = device
         self.shuffle = shuffle
         self.augment = data.augment and shuffle
@@ -385,8 +652,18 @@ class MemoryLoader:
         self.mean = torch.tensor(data.mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(data.std, device=device).view(1, 3, 1, 1) * 255
 
+    def _batches(self):
+        """(start, end) of the batches this process iterates over, in positions of ``order``."""
+        n, b, w = len(self.data), self.batch_size, self.world_size
+        if not self.shuffle and w > 1:
+            shard = torch.tensor_split(torch.arange(n), w)[self.rank]
+            lo, hi = (int(shard[0]), int(shard[-1]) + 1) if len(shard) else (0, 0)
+            return [(s, min(s + b, hi)) for s in range(lo, hi, b)]
+        # A final global batch smaller than the number of processes is dropped everywhere.
+        return [(s, min(s + b, n)) for s in range(0, n, b) if min(s + b, n) - s >= w]
+
     def __len__(self):
-        return math.ceil(len(self.data) / self.batch_size)
+        return len(self._batches())
 
     def __iter__(self):
         n = len(self.data)
@@ -401,10 +678,13 @@ class MemoryLoader:
             offsets, flips = offsets.to(self.device), flips.to(self.device)
         order = order.to(self.device)
         size = self.data.images.shape[-1]
-        for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for start, end in self._batches():
+            if self.shuffle and self.world_size > 1:  # this process's part of the global batch
+                part = torch.tensor_split(torch.arange(start, end), self.world_size)[self.rank]
+                start, end = int(part[0]), int(part[-1]) + 1
+            idx = order[start:end]
             if self.augment:
-                sel = torch.arange(start, start + len(idx), device=self.device)
+                sel = torch.arange(start, end, device=self.device)
                 x = crop_flip(self.images[idx], offsets[sel, 0], offsets[sel, 1], flips[sel], size)
             else:
                 x = self.images[idx]
@@ -423,31 +703,81 @@ class _TorchvisionView(torch.utils.data.Dataset):
         return self.transform(self.data.images[i]), self.data.labels[i]
 
 
+class _FolderView(torch.utils.data.Dataset):
+    def __init__(self, data, transform):
+        from torchvision.datasets.folder import default_loader  # PIL, converted to RGB
+        self.data, self.transform, self.load = data, transform, default_loader
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.transform(self.load(os.fsdecode(self.data.paths[i]))), self.data.labels[i]
+
+
+def folder_loader(data, args, device, shuffle, batch_size, seed=0):
+    """A FolderSet's batches: JPEG decoding and the usual ImageNet transforms in --workers processes."""
+    import torchvision.transforms as T
+    if data.augment and shuffle:
+        steps = [T.RandomResizedCrop(224), T.RandomHorizontalFlip()]
+    else:
+        steps = [T.Resize(256), T.CenterCrop(224)]
+    transform = T.Compose(steps + [T.ToTensor(), T.Normalize(data.mean, data.std)])
+    return _dataloader(_FolderView(data, transform), args, device, shuffle, batch_size, seed)
+
+
+def _dataloader(view, args, device, shuffle, batch_size, seed):
+    """A DataLoader over ``view`` whose batches land on the device.
+
+    Under torchrun each process reads its part: for training a DistributedSampler (shuffled from
+    the seed and the epoch, batch_size // processes images per process, so --batch-size stays
+    the global batch), for evaluation a contiguous shard of the split.
+    """
+    rank, size = world()
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if size > 1 and shuffle:
+        sampler = torch.utils.data.DistributedSampler(view, size, rank, shuffle=True, seed=seed)
+        batch_size = max(1, batch_size // size)
+    elif size > 1:
+        view = torch.utils.data.Subset(
+            view, torch.tensor_split(torch.arange(len(view)), size)[rank].tolist())
+    loader = torch.utils.data.DataLoader(view, batch_size=batch_size,
+                                         shuffle=shuffle and sampler is None, sampler=sampler,
+                                         num_workers=args.workers, generator=generator,
+                                         pin_memory=device.type == "cuda")
+    return _DeviceLoader(loader, device, generator, sampler)
+
+
 def make_loader(data, args, device, shuffle, seed=0):
     """The batch source for a split: MemoryLoader by default, a torchvision DataLoader on request."""
     batch_size = args.batch_size if shuffle else max(args.batch_size, 256)
+    if isinstance(data, FolderSet):  # images on disk, decoded per batch: --loader does not apply
+        return folder_loader(data, args, device, shuffle, batch_size, seed)
     if args.loader == "memory":
         return MemoryLoader(data, batch_size, device, shuffle, seed)
     import torchvision.transforms as T
     steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if data.augment and shuffle else []
     transform = T.Compose(steps + [T.ConvertImageDtype(torch.float32), T.Normalize(data.mean, data.std)])
-    generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(_TorchvisionView(data, transform), batch_size=batch_size,
-                                         shuffle=shuffle, num_workers=args.workers,
-                                         generator=generator, pin_memory=device.type == "cuda")
-    loader.generator_ = generator  # checkpointed like MemoryLoader.generator
-    return _DeviceLoader(loader, device)
+    return _dataloader(_TorchvisionView(data, transform), args, device, shuffle, batch_size, seed)
 
 
 class _DeviceLoader:
-    def __init__(self, loader, device):
+    """A DataLoader's batches moved to the device. ``generator`` (the shuffle's) and ``epoch``
+    (a DistributedSampler's) are what a checkpoint needs to continue the same order."""
+
+    def __init__(self, loader, device, generator, sampler=None):
         self.loader, self.device = loader, device
-        self.generator = loader.generator_
+        self.generator, self.sampler = generator, sampler
+        self.epoch = 0
 
     def __len__(self):
         return len(self.loader)
 
     def __iter__(self):
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
+        self.epoch += 1
         for x, y in self.loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
@@ -477,7 +807,12 @@ def _file_mode():
 
 
 def atomic_write(path, write):
-    """Write through ``write(file)`` into a temporary file beside ``path``, fsync, then rename."""
+    """Write through ``write(file)`` into a temporary file beside ``path``, fsync, then rename.
+
+    Under torchrun only rank 0 writes: every process holds the same state, one copy is enough.
+    """
+    if not is_main_process():
+        return
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
@@ -502,10 +837,13 @@ def atomic_write_json(path, obj):
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
 
 
-def safe_load(path):
-    """torch.load with weights_only=True; any failure is a UsageError naming the file."""
+def safe_load(path, mmap=False):
+    """torch.load with weights_only=True; any failure is a UsageError naming the file.
+
+    mmap=True maps the file instead of reading it: tensors read from it page by page on access.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file")
     except Exception as e:
@@ -557,8 +895,8 @@ def strip_module_prefix(state):
     return state
 
 
-def load_state(path):
-    state = safe_load(path)
+def load_state(path, mmap=False):
+    state = safe_load(path, mmap=mmap)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"{path}: not a model state dict")
     return strip_module_prefix(state)
@@ -592,24 +930,24 @@ def param_vector_from_state(state, model):
                       for name, _ in model.named_parameters()])
 
 
-def check_sample_range(save_dir, start, end):
-    """params_start..params_end-1 must all exist; the error says which epochs do."""
+def check_sample_range(save_dir, start, end, step=1):
+    """The samples start, start+step, ... < end must all exist; the error says which epochs do."""
     have = available_samples(save_dir)
     if not have:
         raise UsageError(f"--save-dir {save_dir}: no samples (0.pt, 1.pt, ...) found; run "
                          "train_sgd.py with this --save-dir first")
     if start >= end:
         raise UsageError(f"--params_start {start} must be smaller than --params_end {end}")
-    missing = [e for e in range(start, end) if e not in set(have)]
+    missing = [e for e in range(start, end, step) if e not in set(have)]
     if missing:
         raise UsageError(f"--params_end {end}: sample {missing[0]}.pt is missing from {save_dir}; "
                          f"samples present: {describe_epochs(have)}")
 
 
-def load_sample_matrix(save_dir, model, start, end, arch):
-    """(n, D) float32 matrix of the flattened trainable parameters of samples start..end-1."""
+def load_sample_matrix(save_dir, model, start, end, arch, step=1):
+    """(n, D) float32 matrix of the flattened parameters of samples start, start+step, ... < end."""
     rows = []
-    for e in range(start, end):
+    for e in range(start, end, step):
         path = sample_path(save_dir, e)
         state = load_state(path)
         check_state_matches(state, model, path, arch)
@@ -636,6 +974,7 @@ def provenance(args, num_classes):
         "args": vars(args), "arch": args.arch, "datasets": args.datasets,
         "corrupt": args.corrupt, "randomseed": args.randomseed,
         "smalldatasets": args.smalldatasets, "num_classes": num_classes,
+        "processes": world()[1],
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "numpy": np.__version__},
         "git_commit": git_commit(), "host": platform.node(),
@@ -717,6 +1056,8 @@ def resume_run(args, checkpoint_name, model, stateful, train_loader, results):
     for name, obj in stateful.items():
         obj.load_state_dict(ckpt[name])
     train_loader.generator.set_state(ckpt["loader_rng"])
+    if hasattr(train_loader, "epoch"):  # a DistributedSampler's order depends on the epoch
+        train_loader.epoch = ckpt["epoch"]
     set_rng_state(ckpt["rng"])
     results.data["epochs"] = ckpt["results"]
     log(f"=> resumed from {path} after epoch {ckpt['epoch']}")
@@ -745,28 +1086,19 @@ def check_writable_dir(folder, flag="--save-dir"):
 # ----------------------------------------------------------------------------------------------
 
 
-def subspace_basis(samples, n_components, block=1 << 20):
-    """Top principal directions of the centred samples, exactly (float64 Gram eigendecomposition).
-
-    samples: (n, D) tensor. Returns (basis, explained_variance_ratio): basis is (k, D) float64 with
-    orthonormal rows, ratios are the fractions of the total variance along each direction, as
-    scikit-learn's PCA reports them. Columns are processed in blocks so the float64 working set
-    stays small even for large D.
-    """
-    n, dim = samples.shape
+def _check_components(n, n_components):
     if n_components > n - 1:
         raise UsageError(f"--n_components {n_components}: {n} samples span at most {n - 1} "
                          f"directions; use --n_components <= {n - 1} or more samples")
-    gram = torch.zeros(n, n, dtype=torch.float64, device=samples.device)
-    keep = n * dim * 8 <= 1 << 30  # small enough: keep the centred float64 blocks for pass two
-    blocks, means = [], []
-    for lo in range(0, dim, block):
-        cols = samples[:, lo:lo + block].double()
-        m = cols.mean(0)
-        cols -= m
-        gram += cols @ cols.T
-        blocks.append(cols if keep else None)
-        means.append(m)
+
+
+def _principal_directions(gram, n_components):
+    """Top eigenpairs of the float64 Gram matrix of the centred samples, shared by both bases.
+
+    Returns (vecs, scale, ratios): the (n, k) eigenvectors with deterministic signs, 1/sqrt of
+    their eigenvalues (row i of the basis is scale[i] * vecs[:, i] @ centred samples) and the
+    explained variance ratios.
+    """
     evals, evecs = torch.linalg.eigh(gram)  # ascending
     evals, evecs = evals.flip(0), evecs.flip(1)
     total = evals.clamp_min(0).sum()
@@ -777,8 +1109,31 @@ def subspace_basis(samples, n_components, block=1 << 20):
     # Deterministic signs (PCA directions have none): each direction points from the first sample
     # towards the last, i.e. v[-1] - v[0] >= 0, decided on the n-vectors before the long pass.
     vecs = vecs * torch.where(vecs[-1] - vecs[0] < 0, -1.0, 1.0).to(vecs.dtype)
+    return vecs, top.rsqrt(), top / total
+
+
+def subspace_basis(samples, n_components, block=1 << 20):
+    """Top principal directions of the centred samples, exactly (float64 Gram eigendecomposition).
+
+    samples: (n, D) tensor. Returns (basis, explained_variance_ratio): basis is (k, D) float64 with
+    orthonormal rows, ratios are the fractions of the total variance along each direction, as
+    scikit-learn's PCA reports them. Columns are processed in blocks so the float64 working set
+    stays small even for large D. ``streaming_subspace_basis`` gives the same basis from files.
+    """
+    n, dim = samples.shape
+    _check_components(n, n_components)
+    gram = torch.zeros(n, n, dtype=torch.float64, device=samples.device)
+    keep = n * dim * 8 <= 1 << 30  # small enough: keep the centred float64 blocks for pass two
+    blocks, means = [], []
+    for lo in range(0, dim, block):
+        cols = samples[:, lo:lo + block].double()
+        m = cols.mean(0)
+        cols -= m
+        gram += cols @ cols.T
+        blocks.append(cols if keep else None)
+        means.append(m)
+    vecs, scale, ratios = _principal_directions(gram, n_components)
     basis = torch.empty(n_components, dim, dtype=torch.float64, device=samples.device)
-    scale = top.rsqrt()
     for i, lo in enumerate(range(0, dim, block)):
         cols = blocks[i] if keep else samples[:, lo:lo + block].double() - means[i]
         basis[:, lo:lo + block] = (vecs.T @ cols) * scale[:, None]
@@ -787,7 +1142,90 @@ def subspace_basis(samples, n_components, block=1 << 20):
     # keeps its direction) by Cholesky QR, one small Gram matrix and a triangular solve.
     chol = torch.linalg.cholesky(basis @ basis.T)
     basis = torch.linalg.solve_triangular(chol, basis, upper=False)
-    return basis, (top / total)
+    return basis, ratios
+
+
+def _read_columns(paths, layout, lo, out):
+    """Columns lo..lo+width of the flattened parameters of every sample file, into out (n, width).
+
+    Each file is mapped for this block only: pages read through a mapping count in the resident
+    set until it is unmapped, so n files kept mapped would grow it to the size of all samples.
+    """
+    hi = lo + out.shape[1]
+    for i, path in enumerate(paths):
+        state = load_state(path, mmap=True)
+        for name, offset, size in layout:
+            a, b = max(lo, offset), min(hi, offset + size)
+            if a < b:
+                src = state[name].reshape(-1)[a - offset:b - offset]
+                # float64 samples are rounded to float32 first, as load_sample_matrix does
+                out[i, a - lo:b - lo].copy_(src.float() if src.dtype == torch.float64 else src)
+                del src
+        del state  # the last reference to the mapping: munmap
+
+
+def _centred_chunks(paths, layout, dim, buffer, chunk):
+    """(first column, float64 centred columns) of all samples, `chunk` columns at a time, read
+    from the files a buffer's width at a time."""
+    width = buffer.shape[1]
+    for lo in range(0, dim, width):
+        block = buffer[:, :min(width, dim - lo)]
+        _read_columns(paths, layout, lo, block)
+        for c in range(0, block.shape[1], chunk):
+            cols = block[:, c:c + chunk].double()
+            cols -= cols.mean(0)
+            yield lo + c, cols
+
+
+def streaming_subspace_basis(paths, model, n_components, *, arch=None, working_bytes=1 << 30,
+                             dtype=torch.float32):
+    """``subspace_basis`` of sample files without holding the samples in memory.
+
+    paths: sample files (model state dicts as save_sample writes them); model gives the parameter
+    names, order and shapes, as for load_sample_matrix. Returns (basis, explained_variance_ratio)
+    like subspace_basis: the same Gram matrix, eigenvectors, signs and Cholesky-QR, computed in
+    float64, but with the samples read from memory-mapped files one column block at a time (two
+    passes over the files: the Gram matrix, then the basis rows). Peak memory is the (k, D) basis
+    plus about ``working_bytes`` (a float32 (n, width) read buffer and float64 temporaries),
+    whatever the number of samples. The basis is returned as ``dtype``, float32 by default: the
+    training uses it in the parameters' float32 anyway, and it halves the largest allocation
+    (5.8 GB instead of 11.7 GB for 40 directions of WRN-28-10); rows then agree with the float64
+    basis to float32 rounding.
+    """
+    arch = arch or type(model).__name__
+    n = len(paths)
+    _check_components(n, n_components)
+    for path in paths:  # every file checked before the long passes
+        check_state_matches(load_state(path, mmap=True), model, path, arch)
+    layout, dim = [], 0
+    for name, p in model.named_parameters():
+        layout.append((name, dim, p.numel()))
+        dim += p.numel()
+    # Compute in chunks of `chunk` columns (float64: centred samples, rows, solve output), read in
+    # blocks of `width` columns: each file is opened once per block (~25 ms for a WRN-28-10 state
+    # dict through the weights-only unpickler), so the blocks are as wide as the budget allows.
+    chunk = max(1, min(1 << 16, dim, working_bytes // 8 // (8 * n + 16 * n_components)))
+    temporaries = chunk * (8 * n + 16 * n_components)
+    # per column: the float32 buffer entry of each sample plus the mapped page of the file in use
+    width = max(chunk, min(dim, (working_bytes - temporaries) // (4 * n + 4)))
+    buffer = torch.empty(n, width, dtype=torch.float32)
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    for _, cols in _centred_chunks(paths, layout, dim, buffer, chunk):
+        gram += cols @ cols.T
+    vecs, scale, ratios = _principal_directions(gram, n_components)
+    basis = torch.empty(n_components, dim, dtype=dtype)
+    row_gram = torch.zeros(n_components, n_components, dtype=torch.float64)
+    for lo, cols in _centred_chunks(paths, layout, dim, buffer, chunk):
+        rows = vecs.T @ cols
+        rows *= scale[:, None]
+        row_gram += rows @ rows.T  # of the float64 rows, as subspace_basis's Cholesky QR
+        basis[:, lo:lo + rows.shape[1]] = rows
+    del buffer, cols, rows
+    chol = torch.linalg.cholesky(row_gram)
+    for lo in range(0, dim, chunk):  # the Cholesky-QR correction, in place
+        part = basis[:, lo:lo + chunk]
+        part.copy_(torch.linalg.solve_triangular(chol, part.double(), upper=False))
+    return basis, ratios
 
 
 def random_basis(dim, n_components, seed, dtype=torch.float64):
@@ -905,6 +1343,7 @@ class EpochProgress:
         self.loss_sum = self.correct = None
         self.seen = 0
         self.batch_time = AverageMeter()
+        self.processes = world()[1]  # img/s counts every process (rank 0's count times this)
 
     def update(self, i, loss, output, target):
         n = target.shape[0]
@@ -926,7 +1365,20 @@ class EpochProgress:
                 f"Time {self.batch_time.val:.3f} ({per_batch:.3f})\t"
                 f"Loss {loss.item():.4f} ({self.loss:.4f})\t"
                 f"Prec@1 {100.0 * correct.item() / n:.3f} ({self.accuracy:.3f})\t"
-                f"{self.seen / max(elapsed, 1e-9):.0f} img/s\tETA {format_eta(eta)}")
+                f"{self.seen * self.processes / max(elapsed, 1e-9):.0f} img/s\tETA {format_eta(eta)}")
+
+    def finish(self):
+        """End of the epoch: under torchrun, loss, accuracy and images seen become the totals
+        over all processes (the progress lines during the epoch show rank 0's share)."""
+        if world()[1] > 1:
+            device = self.loss_sum.device if self.loss_sum is not None else None
+            totals = torch.tensor([0.0 if self.loss_sum is None else self.loss_sum.item(),
+                                   0.0 if self.correct is None else float(self.correct.item()),
+                                   float(self.seen)], dtype=torch.float64, device=device)
+            loss_sum, correct, seen = all_reduce_sum_(totals).tolist()
+            self.loss_sum, self.correct = torch.tensor(loss_sum), torch.tensor(correct)
+            self.seen = int(seen)
+        return self
 
     @property
     def loss(self):
@@ -955,10 +1407,15 @@ def evaluate(model, loader, amp=None):
     for x, y in loader:
         with autocast(x.device, amp):
             out = model(x)
-        loss_acc = loss_acc.to(out.device) + F.cross_entropy(out.float(), y, reduction="sum").double()
+        loss_acc = loss_acc.to(out.device) + F.cross_entropy(full_precision(out), y, reduction="sum").double()
         correct_acc = correct_acc.to(out.device) + correct_count(out, y)
         seen += y.shape[0]
     model.train()
+    if world()[1] > 1:  # each process evaluated its shard of the test set
+        totals = torch.tensor([loss_acc.item(), float(correct_acc.item()), float(seen)],
+                              dtype=torch.float64, device=next(model.parameters()).device)
+        loss_sum, correct, seen = all_reduce_sum_(totals).tolist()
+        return loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1)
     loss_sum, correct = loss_acc.item(), correct_acc.item()
     return loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1)
 
@@ -994,16 +1451,46 @@ def mark_step(args, device):
         torch.compiler.cudagraph_mark_step_begin()
 
 
+def new_model(arch, datasets, num_classes):
+    """A fresh ``arch``: torchvision's ImageNet model for ImageNet/folder (as the authors), else
+    the CIFAR-style one of our registry (``resnet18`` differs between the two)."""
+    check_arch_name(arch, datasets)
+    if datasets in FOLDER_DATASETS:
+        import torchvision
+        # Without pretrained weights these two default to an auxiliary head (a tuple output).
+        extra = {"aux_logits": False, "init_weights": True} if arch in ("googlenet",
+                                                                        "inception_v3") else {}
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **extra)
+    return models.build(arch, num_classes)
+
+
 def build_model(args, num_classes, device):
-    try:
-        model = models.build(args.arch, num_classes)
-    except models.UnknownArchError as e:
-        raise UsageError(str(e))
-    return model.to(device)
+    model = new_model(args.arch, args.datasets, num_classes).to(device)
+    if getattr(args, "dtype", "float32") == "float64":
+        # --dtype float64: parameters in double precision, and inputs cast on the way in.
+        model = model.double()
+        model.register_forward_pre_hook(lambda module, inputs: tuple(
+            x.double() if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs))
+    return model
 
 
-def check_arch_name(arch):
-    if arch not in models.names():
+def full_precision(output):
+    """Logits for the loss: low-precision (autocast) outputs in float32, others as they are."""
+    return output.float() if output.dtype in (torch.float16, torch.bfloat16) else output
+
+
+def torchvision_arch_names():
+    import torchvision
+    return torchvision.models.list_models(module=torchvision.models)  # classification only
+
+
+def check_arch_name(arch, datasets=None):
+    if datasets in FOLDER_DATASETS:
+        if arch not in torchvision_arch_names():
+            raise UsageError(f"unknown --arch {arch!r} for --datasets {datasets}, which takes "
+                             "torchvision's ImageNet architectures, e.g. resnet18, resnet50, "
+                             "vgg16_bn, mobilenet_v2 (all: torchvision.models.list_models())")
+    elif arch not in models.names():
         raise UsageError(f"unknown --arch {arch!r}; known: {', '.join(models.names())}")
 
 
@@ -1012,28 +1499,50 @@ def check_arch_name(arch):
 # ----------------------------------------------------------------------------------------------
 
 
+STREAMING_BASIS_BYTES = 2 << 30  # float32 sample matrices above this use the streaming basis
+
+
+def subspace_sample_epochs(args):
+    """The samples that build the basis: params_start, params_start+params_step, ... < params_end."""
+    return list(range(args.params_start, args.params_end, args.params_step))
+
+
+def describe_sample_epochs(args):
+    """'0..80', or '0..80 step 2' when --params_step skips samples."""
+    text = f"{args.params_start}..{subspace_sample_epochs(args)[-1]}"
+    return text if args.params_step == 1 else f"{text} step {args.params_step}"
+
+
 def validate_subspace_args(args, checkpoint_name):
     """Every check that needs no heavy work, before anything is loaded or written."""
-    check_arch_name(args.arch)
-    check_dataset_name(args.datasets)
+    check_arch_name(args.arch, args.datasets)
+    check_dataset_name(args.datasets, args.data_root)
     device = resolve_device(args.device)
     if args.params_start >= args.params_end:
         raise UsageError(f"--params_start {args.params_start} must be smaller than "
                          f"--params_end {args.params_end}")
-    check_sample_range(args.save_dir, args.params_start, args.params_end)
-    n = args.params_end - args.params_start
+    check_sample_range(args.save_dir, args.params_start, args.params_end, args.params_step)
+    n = len(subspace_sample_epochs(args))
     if args.basis == "dldr" and args.n_components >= n:
         raise UsageError(f"--n_components {args.n_components}: {n} samples "
-                         f"({args.params_start}..{args.params_end - 1}) span at most {n - 1} "
-                         f"directions; use --n_components <= {n - 1} or a wider sample range")
+                         f"({describe_sample_epochs(args)}) span at most {n - 1} directions; use "
+                         f"--n_components <= {n - 1} or a wider sample range"
+                         + (" or a smaller --params_step" if args.params_step > 1 else ""))
     if args.resume:
         find_resume_checkpoint(args, checkpoint_name)
     check_provenance(args)
     if not os.access(args.save_dir, os.W_OK):
         raise UsageError(f"--save-dir {args.save_dir}: not writable; choose another folder")
+    check_precision(args)
+    return device
+
+
+def check_precision(args):
     if args.half:
         args.amp = args.amp or "fp16"
-    return device
+    if args.amp and args.dtype == "float64":
+        raise UsageError(f"--dtype float64 and --amp {args.amp} (or --half) contradict each other; "
+                         "choose one")
 
 
 def prepare_subspace_run(args, device):
@@ -1043,19 +1552,32 @@ def prepare_subspace_run(args, device):
     model = build_model(args, num_classes, device)
     start = time.time()
     if args.basis == "dldr":
-        samples = load_sample_matrix(args.save_dir, model, args.params_start, args.params_end,
-                                     args.arch)
-        basis, ratios = subspace_basis(samples.to(device), args.n_components)
-        del samples
+        epochs = subspace_sample_epochs(args)
+        dim = sum(p.numel() for _, p in model.named_parameters())
+        streaming = args.streaming_basis or len(epochs) * dim * 4 > STREAMING_BASIS_BYTES
+        if streaming:  # host memory: the basis plus ~1 GiB, not all samples; moved to device below
+            paths = [sample_path(args.save_dir, e) for e in epochs]
+            # float32 unless the parameters are float64 (--dtype float64): the training's dtype
+            wide = trainable_parameters(model)[0].dtype == torch.float64
+            basis, ratios = streaming_subspace_basis(
+                paths, model, args.n_components, arch=args.arch,
+                dtype=torch.float64 if wide else torch.float32)
+        else:
+            samples = load_sample_matrix(args.save_dir, model, args.params_start, args.params_end,
+                                         args.arch, args.params_step)
+            basis, ratios = subspace_basis(samples.to(device), args.n_components)
+            del samples
         ratios = ratios.tolist()
-        log(f"=> DLDR basis: {args.n_components} directions from samples "
-            f"{args.params_start}..{args.params_end - 1} in {time.time() - start:.2f} s; explained "
-            f"variance {sum(ratios):.4f} (top 5: {', '.join(f'{r:.4f}' for r in ratios[:5])})")
+        log(f"=> DLDR basis{' (streaming)' if streaming else ''}: {args.n_components} directions "
+            f"from {len(epochs)} samples {describe_sample_epochs(args)} in "
+            f"{time.time() - start:.2f} s; explained variance {sum(ratios):.4f} "
+            f"(top 5: {', '.join(f'{r:.4f}' for r in ratios[:5])})")
     else:
         dim = sum(p.numel() for p in trainable_parameters(model))
         basis, ratios = random_basis(dim, args.n_components, args.randomseed).to(device), None
         log(f"=> random basis: {args.n_components} orthonormal directions (seed {args.randomseed})")
     load_sample_into(model, sample_path(args.save_dir, args.params_start), args.arch)
+    model = sync_batchnorm(model, device)  # under torchrun: statistics of the global batch
     basis = basis.to(device=device, dtype=trainable_parameters(model)[0].dtype).contiguous()
     train_loader = make_loader(train_set, args, device, shuffle=True, seed=args.randomseed)
     test_loader = make_loader(test_set, args, device, shuffle=False)
@@ -1064,5 +1586,7 @@ def prepare_subspace_run(args, device):
 
 def subspace_output_names(args, method):
     """(results file, final model file, checkpoint file) of a subspace run in the save dir."""
-    tag = method if args.basis == "dldr" else f"{method}_random"
-    return f"results_{tag}.json", f"{tag.upper().replace('_RANDOM', '_random')}.pt", f"checkpoint_{tag}.pt"
+    model = method.upper() + ("" if args.basis == "dldr" else "_random")
+    tag = method + ("" if args.basis == "dldr" else "_random")
+    suffix = f"_{args.output_tag}" if getattr(args, "output_tag", None) else ""
+    return f"results_{tag}{suffix}.json", f"{model}{suffix}.pt", f"checkpoint_{tag}{suffix}.pt"

@@ -1,0 +1,60 @@
+"""Run one of the three scripts as a torchrun worker, for tests/test_distributed.py.
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/torchrun_audit.py train_sgd.py ARGS
+
+The script's own ``main`` runs unchanged; around it this records every file the process creates,
+writes, renames or deletes (files_rank{RANK}.txt in $DLDR_AUDIT_DIR), and afterwards saves the
+process's final parameters (params_rank{RANK}.pt), so a test can check that only rank 0 wrote
+files and that every rank ended with the same parameters.
+"""
+import builtins
+import importlib
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AUDIT = os.environ["DLDR_AUDIT_DIR"]
+RANK = os.environ.get("RANK", "0")
+
+_open, _os_open = builtins.open, os.open
+_replace, _rename, _unlink = os.replace, os.rename, os.unlink
+_log = _open(os.path.join(AUDIT, f"files_rank{RANK}.txt"), "a")
+
+
+def _record(op, path):
+    if str(path) != os.devnull:
+        _log.write(f"{op} {path}\n")
+        _log.flush()
+
+
+def audited_open(file, mode="r", *args, **kwargs):
+    if isinstance(file, (str, bytes, os.PathLike)) and any(c in mode for c in "wax+"):
+        _record("open", file)
+    return _open(file, mode, *args, **kwargs)
+
+
+def audited_os_open(path, flags, *args, **kwargs):
+    if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+        _record("os.open", path)
+    return _os_open(path, flags, *args, **kwargs)
+
+
+def main():
+    script, argv = sys.argv[1], sys.argv[2:]
+    sys.path.insert(0, ROOT)
+    builtins.open, os.open = audited_open, audited_os_open
+    os.replace = lambda a, b, *x, **k: (_record("replace", b), _replace(a, b, *x, **k))[1]
+    os.rename = lambda a, b, *x, **k: (_record("rename", b), _rename(a, b, *x, **k))[1]
+    os.unlink = os.remove = lambda p, *x, **k: (_record("unlink", p), _unlink(p, *x, **k))[1]
+    import utils
+    module = importlib.import_module(os.path.splitext(os.path.basename(script))[0])
+    model = utils.run_main(module.main, argv)
+    builtins.open, os.open, os.replace, os.rename = _open, _os_open, _replace, _rename
+    os.unlink = os.remove = _unlink
+    import torch
+    flat = torch.cat([p.detach().reshape(-1).cpu() for p in utils.trainable_parameters(model)])
+    torch.save(flat, os.path.join(AUDIT, f"params_rank{RANK}.pt"))
+
+
+if __name__ == "__main__":
+    main()
