@@ -1441,7 +1441,10 @@ def compile_model(model, args, device):
     backend = getattr(args, "compile_backend", "inductor")
     if backend != "inductor":
         return torch.compile(model, backend=backend)  # modes are inductor options
-    mode = args.compile_mode or ("reduce-overhead" if device.type == "cuda" else None)
+    # CUDA graphs for the fixed-shape steps; not under torchrun, where DDP's gradient all-reduce
+    # hooks run inside the backward pass (untested with graph capture, so left out by default).
+    graphs = device.type == "cuda" and world()[1] == 1
+    mode = args.compile_mode or ("reduce-overhead" if graphs else None)
     return torch.compile(model, mode=mode)
 
 

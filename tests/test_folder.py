@@ -10,6 +10,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+import train_pbfgs
+import train_psgd
 import utils
 from conftest import run_script
 
@@ -117,11 +119,10 @@ def test_folder_end_to_end_sgd_pbfgs_psgd(image_folder, tmp_path):
     assert json.load(open(save / "run.json"))["num_classes"] == 3
     assert len(json.load(open(save / "results_sgd.json"))["epochs"]) == 3
 
-    sub = ["--params_end", 3, "--n_components", 2, "--epochs", 1, "--batch-size", 3]
-    out = run_script("train_pbfgs.py", *common, *sub)
-    assert out.returncode == 0, out.stderr
-    out = run_script("train_psgd.py", *common, *sub, "--lr", 0.01)
-    assert out.returncode == 0, out.stderr
+    # The subspace steps in this interpreter (the SGD step above went through the command line).
+    sub = [*common, "--params_end", 3, "--n_components", 2, "--epochs", 1, "--batch-size", 3]
+    utils.run_main(train_pbfgs.main, [str(a) for a in sub])
+    utils.run_main(train_psgd.main, [str(a) for a in sub + ["--lr", 0.01]])
     for name in ("results_pbfgs.json", "results_psgd.json"):
         epochs = json.load(open(save / name))["epochs"]
         assert len(epochs) == 2 and all(math.isfinite(r["test_loss"]) for r in epochs), name

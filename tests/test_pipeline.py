@@ -4,6 +4,8 @@ import os
 
 import torch
 
+import train_pbfgs
+import train_psgd
 import utils
 from conftest import run_script
 
@@ -36,11 +38,11 @@ def test_subspace_methods_and_random_control(digits_samples):
                      "--lr", 0.3)
     assert out.returncode == 0, out.stderr
     assert "explained variance" in out.stdout and "Epoch: [1][" in out.stdout
-    out = run_script("train_pbfgs.py", *SUB, "--save-dir", folder, "--epochs", 2, "--batch-size", 128)
-    assert out.returncode == 0, out.stderr
-    out = run_script("train_psgd.py", *SUB, "--save-dir", folder, "--epochs", 1, "--batch-size", 64,
-                     "--basis", "random")
-    assert out.returncode == 0, out.stderr
+    # The other two in this interpreter: the command line is exercised above and by the fixture.
+    utils.run_main(train_pbfgs.main, [*SUB, "--save-dir", folder, "--epochs", "2",
+                                      "--batch-size", "128"])
+    utils.run_main(train_psgd.main, [*SUB, "--save-dir", folder, "--epochs", "1",
+                                     "--batch-size", "64", "--basis", "random"])
     psgd, pbfgs, rnd = results(folder, "psgd"), results(folder, "pbfgs"), results(folder, "psgd_random")
     assert len(psgd["explained_variance_ratio"]) == 5 and sum(psgd["explained_variance_ratio"]) < 1
     acc = lambda r: r["epochs"][-1]["test_acc"]
