@@ -162,11 +162,14 @@ def report(runs_dir, seeds, noises, sizes):
             acc = statistics.fmean(values(table, clean, seeds, f"{m}_k{k}", final))
             parts.append(f"{label} k={k} {acc:.1f}%")
             holds.append((k, m, sgd_clean - acc <= 2.0))
-    good = sorted({k for k, m, h in holds if h and all(h2 for k2, m2, h2 in holds if k2 == k)})
+    verdicts = []
+    for m, label in (("psgd", "P-SGD"), ("pbfgs", "P-BFGS")):
+        good = [k for k, m2, h in holds if m2 == m and h]
+        verdicts.append(f"{label}: holds for k = {', '.join(map(str, good))}" if good
+                        else f"{label}: does not hold for any size tried")
     w(f"2. **A few DLDR directions train as well as all parameters.** Rule: the mean final accuracy "
       f"at noise {clean} is within 2 points of SGD's final ({sgd_clean:.1f}%). Measured: "
-      f"{', '.join(parts)}. **{'Holds for k = ' + ', '.join(map(str, good)) if good else 'Does not hold for any size tried'}"
-      f"{'' if len(good) == len(sizes) else '; not for ' + ', '.join(str(k) for k in sizes if k not in good)}.**")
+      f"{', '.join(parts)}. **{'; '.join(verdicts)}.**")
     rnd = [final(table[n, s][f"psgd_random_k{k}"]) for n in noises for s in seeds for k in sizes]
     dldr = [final(table[n, s][f"psgd_k{k}"]) for n in noises for s in seeds for k in sizes]
     ok = max(rnd) < 50
@@ -193,6 +196,17 @@ def report(runs_dir, seeds, noises, sizes):
                                                 for n, k, d, _ in verdicts)
           + "; over SGD's best epoch, which needs the test set to pick: "
           + ", ".join(f"{e:+.1f}" for _, _, _, e in verdicts) + " points).")
+    swings = [(n, s, k) for n in noises for s in seeds for k in sizes
+              if best(table[n, s][f"pbfgs_k{k}"]) - final(table[n, s][f"pbfgs_k{k}"]) > 10]
+    total = len(noises) * len(seeds) * len(sizes)
+    w("")
+    w(f"P-BFGS's last epoch is more than 10 points below its best epoch in {len(swings)} of {total} "
+      "runs" + (" (" + ", ".join(f"noise {n} seed {s} k={k}" for n, s, k in swings) + ")"
+                if swings else "") + "." + (
+          " Its test accuracy swings when its large subspace steps leave BatchNorm's running "
+          "statistics, which evaluation uses, behind; its training loss falls smoothly (see the "
+          "demo's curves in README). The claims above that use P-BFGS's final accuracy are judged "
+          "with those swings included." if swings else ""))
     w("")
     w("What this data cannot show: DIGITS is small and easy, so the absolute accuracies say little about "
       f"CIFAR; the SGD trajectory here is {sgd_args['epochs']} epochs, not the paper's 150; and the "
