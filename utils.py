@@ -539,13 +539,6 @@ DATASETS = {
 }
 
 
-def dataset_num_classes(name, data_root=None):
-    """Number of classes without loading the data (folder datasets: counted from the folders)."""
-    if name in FOLDER_DATASETS:
-        return len(folder_classes(name, data_root))
-    return {"CIFAR10": 10, "CIFAR100": 100, "DIGITS": 10, "SYNTHETIC": 10}[name]
-
-
 def check_dataset_name(name, data_root=None):
     """Known name; with ``data_root``, a folder dataset's train/ and val/ layout too (cheap)."""
     if name not in DATASETS:
@@ -1124,20 +1117,19 @@ def subspace_basis(samples, n_components, block=1 << 20):
     _check_components(n, n_components)
     gram = torch.zeros(n, n, dtype=torch.float64, device=samples.device)
     keep = n * dim * 8 <= 1 << 30  # small enough: keep the centred float64 blocks for pass two
-    blocks, means = [], []
+    kept = []  # per block: the centred columns (keep), else only their mean, to centre them again
     for lo in range(0, dim, block):
         cols = samples[:, lo:lo + block].double()
         m = cols.mean(0)
         cols -= m
         gram += cols @ cols.T
-        blocks.append(cols if keep else None)
-        means.append(m)
+        kept.append(cols if keep else m)
     vecs, scale, ratios = _principal_directions(gram, n_components)
     basis = torch.empty(n_components, dim, dtype=torch.float64, device=samples.device)
     for i, lo in enumerate(range(0, dim, block)):
-        cols = blocks[i] if keep else samples[:, lo:lo + block].double() - means[i]
+        cols = kept[i] if keep else samples[:, lo:lo + block].double() - kept[i]
         basis[:, lo:lo + block] = (vecs.T @ cols) * scale[:, None]
-    del blocks
+    del kept
     # The Gram route squares the condition number: re-orthonormalise the rows (same span, each row
     # keeps its direction) by Cholesky QR, one small Gram matrix and a triangular solve.
     chol = torch.linalg.cholesky(basis @ basis.T)
@@ -1411,12 +1403,11 @@ def evaluate(model, loader, amp=None):
         correct_acc = correct_acc.to(out.device) + correct_count(out, y)
         seen += y.shape[0]
     model.train()
-    if world()[1] > 1:  # each process evaluated its shard of the test set
-        totals = torch.tensor([loss_acc.item(), float(correct_acc.item()), float(seen)],
-                              dtype=torch.float64, device=next(model.parameters()).device)
-        loss_sum, correct, seen = all_reduce_sum_(totals).tolist()
-        return loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1)
     loss_sum, correct = loss_acc.item(), correct_acc.item()
+    if world()[1] > 1:  # each process evaluated its shard of the test set
+        totals = torch.tensor([loss_sum, float(correct), float(seen)], dtype=torch.float64,
+                              device=next(model.parameters()).device)
+        loss_sum, correct, seen = all_reduce_sum_(totals).tolist()
     return loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1)
 
 
@@ -1554,9 +1545,9 @@ def prepare_subspace_run(args, device):
     num_classes = train_set.num_classes
     model = build_model(args, num_classes, device)
     start = time.time()
+    dim = sum(p.numel() for p in trainable_parameters(model))
     if args.basis == "dldr":
         epochs = subspace_sample_epochs(args)
-        dim = sum(p.numel() for _, p in model.named_parameters())
         streaming = args.streaming_basis or len(epochs) * dim * 4 > STREAMING_BASIS_BYTES
         if streaming:  # host memory: the basis plus ~1 GiB, not all samples; moved to device below
             paths = [sample_path(args.save_dir, e) for e in epochs]
@@ -1576,7 +1567,6 @@ def prepare_subspace_run(args, device):
             f"{time.time() - start:.2f} s; explained variance {sum(ratios):.4f} "
             f"(top 5: {', '.join(f'{r:.4f}' for r in ratios[:5])})")
     else:
-        dim = sum(p.numel() for p in trainable_parameters(model))
         basis, ratios = random_basis(dim, args.n_components, args.randomseed).to(device), None
         log(f"=> random basis: {args.n_components} orthonormal directions (seed {args.randomseed})")
     load_sample_into(model, sample_path(args.save_dir, args.params_start), args.arch)

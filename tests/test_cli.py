@@ -1,6 +1,5 @@
 """Bad input through the real command line: exit status 2, one line naming the flag or file,
 nothing written. The cases are the rows of the table in README.md, so the two cannot drift apart."""
-import importlib
 import json
 import os
 import re
@@ -11,7 +10,7 @@ import torch
 
 import models
 import utils
-from conftest import ROOT, run_script
+from conftest import ROOT, run_here, run_script
 
 
 def _readme_cases():
@@ -59,20 +58,6 @@ def snapshot(root):
                   for p in (os.path.join(d, n) for d, _, names in os.walk(root) for n in names))
 
 
-def run_in_process(script, args, capsys):
-    """(exit status, stdout, stderr) of ``python script args`` run through the script's own
-    entry point in this interpreter (the same code path, without a new interpreter's 4 s start)."""
-    module = importlib.import_module(script[:-3])
-    capsys.readouterr()
-    try:
-        utils.run_main(module.main, args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 CASES = _readme_cases()
 # One row per script also goes through a fresh interpreter (``if __name__ == "__main__"``).
 IN_SUBPROCESS = {next(i for i, r in enumerate(CASES) if r[0] == s)
@@ -89,7 +74,9 @@ def test_bad_input(folders, index, capsys):
         out = run_script(script, "--device", "cpu", *args, timeout=300)
         code, stdout, stderr = out.returncode, out.stdout, out.stderr
     else:
-        code, stdout, stderr = run_in_process(script, ["--device", "cpu", *args], capsys)
+        capsys.readouterr()
+        code = run_here(script, "--device", "cpu", *args)
+        stdout, stderr = capsys.readouterr()
     assert code == 2, stdout + stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr

@@ -10,10 +10,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-import train_pbfgs
-import train_psgd
 import utils
-from conftest import run_script
+from conftest import run_here, run_script
 
 CLASSES = ("ant", "bee", "cat")
 ARCH = "shufflenet_v2_x0_5"  # torchvision's cheapest ImageNet model: 224x224 inputs on 2 CPU cores
@@ -48,7 +46,7 @@ def test_imagenet_reads_the_folders_as_224_crops_with_the_folder_classes(image_f
     args = data_args(image_folder, tmp_path, datasets="ImageNet", corrupt=0.5)
     train, test = utils.load_data(args)
     assert train.classes == list(CLASSES) and train.num_classes == 3
-    assert utils.dataset_num_classes("ImageNet", image_folder) == 3
+    assert utils.folder_classes("ImageNet", image_folder) == list(CLASSES)  # without a scan
     assert len(train) == 12 and len(test) == 3
     assert test.labels.tolist() == [0, 1, 2]
     clean = torch.arange(3).repeat_interleave(4)
@@ -121,8 +119,8 @@ def test_folder_end_to_end_sgd_pbfgs_psgd(image_folder, tmp_path):
 
     # The subspace steps in this interpreter (the SGD step above went through the command line).
     sub = [*common, "--params_end", 3, "--n_components", 2, "--epochs", 1, "--batch-size", 3]
-    utils.run_main(train_pbfgs.main, [str(a) for a in sub])
-    utils.run_main(train_psgd.main, [str(a) for a in sub + ["--lr", 0.01]])
+    assert run_here("train_pbfgs.py", *sub) == 0
+    assert run_here("train_psgd.py", *sub, "--lr", 0.01) == 0
     for name in ("results_pbfgs.json", "results_psgd.json"):
         epochs = json.load(open(save / name))["epochs"]
         assert len(epochs) == 2 and all(math.isfinite(r["test_loss"]) for r in epochs), name

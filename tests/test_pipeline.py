@@ -4,10 +4,8 @@ import os
 
 import torch
 
-import train_pbfgs
-import train_psgd
 import utils
-from conftest import run_script
+from conftest import run_here, run_script
 
 SUB = ["--datasets", "DIGITS", "--arch", "resnet20", "--device", "cpu", "--randomseed", "3",
        "--corrupt", "0.1", "--params_start", "0", "--params_end", "7", "--n_components", "5",
@@ -39,10 +37,10 @@ def test_subspace_methods_and_random_control(digits_samples):
     assert out.returncode == 0, out.stderr
     assert "explained variance" in out.stdout and "Epoch: [1][" in out.stdout
     # The other two in this interpreter: the command line is exercised above and by the fixture.
-    utils.run_main(train_pbfgs.main, [*SUB, "--save-dir", folder, "--epochs", "2",
-                                      "--batch-size", "128"])
-    utils.run_main(train_psgd.main, [*SUB, "--save-dir", folder, "--epochs", "1",
-                                     "--batch-size", "64", "--basis", "random"])
+    assert run_here("train_pbfgs.py", *SUB, "--save-dir", folder, "--epochs", 2,
+                    "--batch-size", 128) == 0
+    assert run_here("train_psgd.py", *SUB, "--save-dir", folder, "--epochs", 1,
+                    "--batch-size", 64, "--basis", "random") == 0
     psgd, pbfgs, rnd = results(folder, "psgd"), results(folder, "pbfgs"), results(folder, "psgd_random")
     assert len(psgd["explained_variance_ratio"]) == 5 and sum(psgd["explained_variance_ratio"]) < 1
     acc = lambda r: r["epochs"][-1]["test_acc"]

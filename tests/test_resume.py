@@ -1,5 +1,4 @@
 """Exact resume: a script killed with SIGKILL mid-epoch and resumed ends where an uninterrupted run ends."""
-import importlib
 import json
 import os
 import signal
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 import utils
-from conftest import ROOT, run_script
+from conftest import ROOT, run_here, run_script
 
 
 def results(folder, tag):
@@ -40,16 +39,10 @@ SGD_ARGS = ["--datasets", "DIGITS", "--arch", "resnet20", "--device", "cpu", "--
             "--randomseed", 5, "--lr", 0.05]
 
 
-def run_here(script, *args):
-    """An uninterrupted run in this interpreter (same threads as run_script's subprocesses): the
-    reference the killed-and-resumed subprocess runs must match byte for byte."""
-    module = importlib.import_module(script[:-3])
-    utils.run_main(module.main, [str(a) for a in args])
-
-
 def test_sgd_killed_mid_epoch_resumes_to_identical_samples(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    run_here("train_sgd.py", *SGD_ARGS, "--save-dir", straight)
+    # The uninterrupted reference runs in this interpreter (conftest.run_here).
+    assert run_here("train_sgd.py", *SGD_ARGS, "--save-dir", straight) == 0
     _kill_during("train_sgd.py", [*SGD_ARGS, "--save-dir", killed], "Epoch: [2][4/")
     assert utils.available_samples(str(killed)) == [0, 1, 2]
     out = run_script("train_sgd.py", *SGD_ARGS, "--save-dir", killed, "--resume")
@@ -89,7 +82,7 @@ def test_subspace_script_killed_and_resumed_ends_identical(short_samples, tmp_pa
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     _copy_samples(short_samples, straight)
     _copy_samples(short_samples, killed)
-    run_here(script, *common, "--save-dir", straight)
+    assert run_here(script, *common, "--save-dir", straight) == 0
     _kill_during(script, [*common, "--save-dir", killed], "Epoch: [1][2/")
     assert not os.path.exists(killed / f"{tag}.pt")
     out = run_script(script, *common, "--save-dir", killed, "--resume")
