@@ -58,20 +58,18 @@ class PBFGS:
         self.skipped_pairs = 0      # non-finite curvature pairs left out of H
         self.iterations = 0
         self.last_output = None
-        self.processes = utils.world()[1]
 
     def _loss(self, inputs, targets, share=1.0):
-        """This process's contribution to the batch loss: its mean loss times its share."""
+        """This process's contribution to the batch loss: its mean loss times its share (1.0 in a
+        single process, where the product is exact)."""
         self.before_forward()
         with utils.autocast(inputs.device, self.amp):
             output = self.model(inputs)
-        loss = self.criterion(utils.full_precision(output), targets)
-        return (loss if self.processes == 1 else loss * share), output
+        return self.criterion(utils.full_precision(output), targets) * share, output
 
-    def _global(self, loss):
+    @staticmethod
+    def _global(loss):
         """The global batch's loss as a float: the sum of the processes' contributions."""
-        if self.processes == 1:
-            return loss.item()
         return utils.all_reduce_sum_(loss.detach().clone()).item()
 
     def step(self, inputs, targets):
@@ -89,7 +87,6 @@ class PBFGS:
             share = utils.global_batch_share(targets.shape[0], inputs.device)
             loss, output = self._loss(inputs, targets, share)
             loss.backward()
-        utils.all_reduce_sum_(self.flat.grad)  # one all-reduce of the flat buffer per iteration
         grad = self.flat.grad / len(batches) if len(batches) > 1 else self.flat.grad
         self.last_output = output.detach().clone()  # CUDA graphs may reuse the output buffer
         loss_value = self._global(loss)
@@ -98,10 +95,15 @@ class PBFGS:
 
     @torch.no_grad()
     def update(self, grad, loss_value, inputs, targets, share=1.0):
-        """The P-BFGS update from a full gradient ``grad`` (D,) at the current point; ``share``
-        is this process's part of the batch (inputs, targets) under torchrun."""
+        """The P-BFGS update from a full gradient ``grad`` (D,) at the current point. Under
+        torchrun ``grad`` is this process's part (its loss weighted by ``share``, its part of the
+        batch (inputs, targets)) and is summed over the processes here."""
         P = self.basis
+        if self.alpha != 0:  # the residual momentum needs the whole summed gradient: D numbers
+            utils.all_reduce_sum_(grad)
         gk = P @ grad
+        if self.alpha == 0:  # otherwise its k subspace coordinates are enough
+            utils.all_reduce_sum_(gk)
         if self.g_last is not None:
             yk = gk - self.g_last
             ys = torch.dot(yk, self.s_last)

@@ -47,7 +47,6 @@ def build_parser():
 
 def train_epoch(model, flat, basis, loader, optimizer, scaler, epoch, args, device, left_after):
     model.train()
-    processes = utils.world()[1]
     progress = utils.EpochProgress(epoch, len(loader), args.print_freq, left_after)
     for i, (x, y) in enumerate(loader):
         utils.mark_step(args, device)
@@ -56,10 +55,8 @@ def train_epoch(model, flat, basis, loader, optimizer, scaler, epoch, args, devi
             loss = F.cross_entropy(utils.full_precision(output), y)
         progress.check_finite(loss, i)
         flat.zero_grad()  # not optimizer.zero_grad(): the grads are views of the flat buffer
-        if processes > 1:  # the projection sums over processes: weight each by its share
-            scaler.scale(loss * utils.global_batch_share(y.shape[0], device)).backward()
-        else:
-            scaler.scale(loss).backward()
+        # The projection sums over processes: weight each by its share (1.0 alone: exact)
+        scaler.scale(loss * utils.global_batch_share(y.shape[0], device)).backward()
         # Project (and sum over processes) before unscaling, so every process sees the same
         # gradient when the scaler checks it for infinities.
         project_gradients_(model, basis, flat)

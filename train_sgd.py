@@ -76,10 +76,8 @@ def train_epoch(model, loader, optimizer, scaler, epoch, args, device, epochs_le
             loss = F.cross_entropy(utils.full_precision(output), y)
         progress.check_finite(loss, i)
         optimizer.zero_grad(set_to_none=True)
-        if processes > 1:  # DDP averages over processes: weight each by its share of the batch
-            scaler.scale(loss * (utils.global_batch_share(y.shape[0], device) * processes)).backward()
-        else:
-            scaler.scale(loss).backward()
+        # DDP averages over processes: weight each by its share of the batch (1.0 alone: exact)
+        scaler.scale(loss * (utils.global_batch_share(y.shape[0], device) * processes)).backward()
         scaler.step(optimizer)
         scaler.update()
         progress.update(i, loss, output, y)

@@ -5,6 +5,7 @@ atomic files and samples, the DLDR basis, flat parameter vectors, training/evalu
 """
 import argparse
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -408,19 +409,40 @@ def load_cifar100(train, root):
     return _cifar(train, root, torchvision.datasets.CIFAR100, CIFAR100_MEAN, CIFAR100_STD)
 
 
+# The test images of DIGITS: sklearn's train_test_split(test_size=360, stratify=target,
+# random_state=0), frozen as a 1797-bit mask (hex, most significant bit first) so that the split
+# does not depend on the scikit-learn version and loading needs no sklearn import (1.1 s per
+# process). tests/test_data.py checks it against train_test_split.
+_DIGITS_TEST_MASK = (
+    "000004883524104000064100934205001a00080100240028062c12001000940a009019120420f8a0028110a0"
+    "00080a8820441524494240a00a0000004004d80000818020004805c400104008a0100005404800301000020e"
+    "c409000224840083a8013c20a6980a0000000b08400804a0184802024041c1008004404684376a810216004"
+    "480004042a0a4180a5000840b8561c608108008004c80c02004068e00010882008100380803c00819000010"
+    "0e01008410a0210033282904c044c080680e0102830082008822a6402c24042108a860809081a00c0282024"
+    "2120138a41500")
+
+
+def digits_arrays():
+    """scikit-learn's bundled digits as (images (1797, 8, 8) float64 in 0..16, labels int64), read
+    from its data file as sklearn.datasets.load_digits does, without importing scikit-learn."""
+    spec = importlib.util.find_spec("sklearn")
+    path = spec and os.path.join(os.path.dirname(spec.origin), "datasets", "data", "digits.csv.gz")
+    if not path or not os.path.exists(path):
+        raise UsageError("--datasets DIGITS: scikit-learn's bundled digits data was not found; "
+                         "pip install scikit-learn")
+    data = np.loadtxt(path, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+
+
 def load_digits(train, root=None):
     """scikit-learn's bundled 8x8 digits, resized to 3x32x32; a fixed stratified 1437/360 split."""
-    from sklearn.datasets import load_digits as sk_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = sk_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    images, labels = digits_arrays()
+    x = torch.tensor(images, dtype=torch.float32)[:, None] / 16.0
     x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
-    y = torch.tensor(digits.target, dtype=torch.int64)
-    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=360,
-                                           stratify=digits.target, random_state=0)
-    idx = torch.from_numpy(np.sort(idx_train if train else idx_test))
+    y = torch.from_numpy(labels)
+    test = np.unpackbits(np.frombuffer(bytes.fromhex(_DIGITS_TEST_MASK), np.uint8))[:len(y)]
+    idx = torch.from_numpy(np.flatnonzero(test == (0 if train else 1)))
     # No crop/flip: flipping a digit changes its meaning.
     return ImageSet(x[idx], y[idx], 10, (0.305,) * 3, (0.324,) * 3, augment=False)
 
@@ -1105,7 +1127,7 @@ def _principal_directions(gram, n_components):
     return vecs, top.rsqrt(), top / total
 
 
-def subspace_basis(samples, n_components, block=1 << 20):
+def subspace_basis(samples, n_components, block=None):
     """Top principal directions of the centred samples, exactly (float64 Gram eigendecomposition).
 
     samples: (n, D) tensor. Returns (basis, explained_variance_ratio): basis is (k, D) float64 with
@@ -1115,25 +1137,31 @@ def subspace_basis(samples, n_components, block=1 << 20):
     """
     n, dim = samples.shape
     _check_components(n, n_components)
+    # On the CPU, blocks of 4k columns (81 samples: 2.6 MB in float64) stay in cache from the
+    # conversion through the product, and one reused buffer spares the page faults of fresh
+    # allocations: 1.4x faster than whole-matrix float64 copies for ResNet-20 (bench/benchmark.py).
+    block = min(block or (1 << 20 if samples.is_cuda else 1 << 12), dim)
+    buffer = torch.empty(n, block, dtype=torch.float64, device=samples.device)
+
+    def centred(lo):  # float64 centred columns lo.., computed again for pass two (cheaper than kept)
+        cols = buffer[:, :min(block, dim - lo)]
+        cols.copy_(samples[:, lo:lo + block])
+        cols -= cols.mean(0)
+        return cols
+
     gram = torch.zeros(n, n, dtype=torch.float64, device=samples.device)
-    keep = n * dim * 8 <= 1 << 30  # small enough: keep the centred float64 blocks for pass two
-    kept = []  # per block: the centred columns (keep), else only their mean, to centre them again
     for lo in range(0, dim, block):
-        cols = samples[:, lo:lo + block].double()
-        m = cols.mean(0)
-        cols -= m
-        gram += cols @ cols.T
-        kept.append(cols if keep else m)
+        cols = centred(lo)
+        gram.addmm_(cols, cols.T)
     vecs, scale, ratios = _principal_directions(gram, n_components)
+    rows = vecs.T * scale[:, None]  # (k, n): basis row i = scale[i] * vecs[:, i] @ centred samples
     basis = torch.empty(n_components, dim, dtype=torch.float64, device=samples.device)
-    for i, lo in enumerate(range(0, dim, block)):
-        cols = kept[i] if keep else samples[:, lo:lo + block].double() - kept[i]
-        basis[:, lo:lo + block] = (vecs.T @ cols) * scale[:, None]
-    del kept
+    for lo in range(0, dim, block):
+        torch.mm(rows, centred(lo), out=basis[:, lo:lo + block])
     # The Gram route squares the condition number: re-orthonormalise the rows (same span, each row
-    # keeps its direction) by Cholesky QR, one small Gram matrix and a triangular solve.
+    # keeps its direction) by Cholesky QR, one small Gram matrix and a triangular solve in place.
     chol = torch.linalg.cholesky(basis @ basis.T)
-    basis = torch.linalg.solve_triangular(chol, basis, upper=False)
+    torch.linalg.solve_triangular(chol, basis, upper=False, out=basis)
     return basis, ratios
 
 

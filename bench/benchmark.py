@@ -122,7 +122,8 @@ def main():
     p.add_argument("--test-size", type=int, default=10000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--n-components", type=int, default=40)
-    p.add_argument("--methods", default="sgd,pbfgs,psgd")
+    p.add_argument("--methods", default="sgd,pbfgs,psgd",
+                   help="comma-separated; empty (--methods \"\") times the basis only")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -135,7 +136,7 @@ def main():
           f"{torch.get_num_threads()} CPU threads")
     rows, out = [], {"device": name, "torch": torch.__version__, "train_size": args.train_size,
                      "test_size": args.test_size}
-    for method in args.methods.split(","):
+    for method in filter(None, args.methods.split(",")):
         ref = bench_method(method, "reference", train, test, device, args.repeats, args.n_components)
         fast = bench_method(method, "fast", train, test, device, args.repeats, args.n_components)
         rows.append((method, ref, fast))

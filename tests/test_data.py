@@ -30,6 +30,27 @@ def test_digits_is_a_fixed_stratified_1437_360_split():
     assert torch.equal(test.images, again.images) and torch.equal(test.labels, again.labels)
 
 
+def test_digits_without_sklearn_import_equals_sklearns_data_and_split():
+    """utils reads the bundled file itself and keeps the split as a frozen mask: both must be
+    what scikit-learn's load_digits and train_test_split(stratify, random_state=0) give."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    ref = load_digits()
+    images, labels = utils.digits_arrays()
+    assert np.array_equal(images, ref.images) and np.array_equal(labels, ref.target)
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=360,
+                                           stratify=ref.target, random_state=0)
+    for train, idx in ((True, train_idx), (False, test_idx)):
+        ours = utils.load_digits(train).labels
+        assert torch.equal(ours, torch.from_numpy(ref.target[np.sort(idx)]))
+    # The test images are exactly the sklearn split's (labels alone could coincide).
+    x = torch.tensor(ref.images[np.sort(test_idx)], dtype=torch.float32)[:, None] / 16.0
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
+    assert torch.equal(utils.load_digits(False).images, x)
+
+
 def test_noisy_labels_fraction_uniformity_and_determinism():
     labels = torch.zeros(20000, dtype=torch.int64)
     new, chosen = utils.noisy_labels(labels, 0.3, 100, seed=5)

@@ -5,7 +5,7 @@ import os
 import torch
 
 import utils
-from conftest import run_here, run_script
+from conftest import run_here
 
 SUB = ["--datasets", "DIGITS", "--arch", "resnet20", "--device", "cpu", "--randomseed", "3",
        "--corrupt", "0.1", "--params_start", "0", "--params_end", "7", "--n_components", "5",
@@ -29,14 +29,15 @@ def test_sgd_writes_samples_provenance_noise_and_results(digits_samples):
     assert res["epochs"][-1]["test_acc"] > 80.0  # resnet20 learns DIGITS (10% noisy labels) in 6 epochs
 
 
-def test_subspace_methods_and_random_control(digits_samples):
+def test_subspace_methods_and_random_control(digits_samples, capsys):
     folder = str(digits_samples)
+    # All three in this interpreter (start-up time): test_cli and test_resume run each script's
+    # command line in a fresh one.
     # lr 0.3: the authors' lr 1 is tuned for long CIFAR trajectories and overshoots this short one.
-    out = run_script("train_psgd.py", *SUB, "--save-dir", folder, "--epochs", 2, "--batch-size", 64,
-                     "--lr", 0.3)
-    assert out.returncode == 0, out.stderr
-    assert "explained variance" in out.stdout and "Epoch: [1][" in out.stdout
-    # The other two in this interpreter: the command line is exercised above and by the fixture.
+    assert run_here("train_psgd.py", *SUB, "--save-dir", folder, "--epochs", 2, "--batch-size", 64,
+                    "--lr", 0.3) == 0
+    out = capsys.readouterr().out
+    assert "explained variance" in out and "Epoch: [1][" in out
     assert run_here("train_pbfgs.py", *SUB, "--save-dir", folder, "--epochs", 2,
                     "--batch-size", 128) == 0
     assert run_here("train_psgd.py", *SUB, "--save-dir", folder, "--epochs", 1,
