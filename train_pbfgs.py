@@ -97,7 +97,8 @@ class PBFGS:
     def update(self, grad, loss_value, inputs, targets, share=1.0):
         """The P-BFGS update from a full gradient ``grad`` (D,) at the current point. Under
         torchrun ``grad`` is this process's part (its loss weighted by ``share``, its part of the
-        batch (inputs, targets)) and is summed over the processes here."""
+        batch (inputs, targets)) and is summed over the processes here: in place when --alpha
+        needs the whole gradient, else only its k subspace coordinates."""
         P = self.basis
         if self.alpha != 0:  # the residual momentum needs the whole summed gradient: D numbers
             utils.all_reduce_sum_(grad)

@@ -426,7 +426,8 @@ def digits_arrays():
     """scikit-learn's bundled digits as (images (1797, 8, 8) float64 in 0..16, labels int64), read
     from its data file as sklearn.datasets.load_digits does, without importing scikit-learn."""
     spec = importlib.util.find_spec("sklearn")
-    path = spec and os.path.join(os.path.dirname(spec.origin), "datasets", "data", "digits.csv.gz")
+    path = spec and spec.origin and os.path.join(os.path.dirname(spec.origin), "datasets", "data",
+                                                 "digits.csv.gz")
     if not path or not os.path.exists(path):
         raise UsageError("--datasets DIGITS: scikit-learn's bundled digits data was not found; "
                          "pip install scikit-learn")
@@ -1021,7 +1022,9 @@ class Results:
 
     def __init__(self, path, method, args, extra=None):
         self.path = path
-        self.data = {"method": method, "args": vars(args), "epochs": []}
+        # The code and torch that made the numbers: floating-point rounding differs between them
+        self.data = {"method": method, "args": vars(args), "git_commit": git_commit(),
+                     "torch": torch.__version__, "epochs": []}
         self.data.update(extra or {})
 
     def add(self, **row):

@@ -43,7 +43,9 @@ def test_digits_without_sklearn_import_equals_sklearns_data_and_split():
                                            stratify=ref.target, random_state=0)
     for train, idx in ((True, train_idx), (False, test_idx)):
         ours = utils.load_digits(train).labels
-        assert torch.equal(ours, torch.from_numpy(ref.target[np.sort(idx)]))
+        assert torch.equal(ours, torch.from_numpy(ref.target[np.sort(idx)])), (
+            "the frozen split differs from this scikit-learn's train_test_split: if sklearn changed "
+            "its algorithm, the frozen mask is still the project's split; check the version first")
     # The test images are exactly the sklearn split's (labels alone could coincide).
     x = torch.tensor(ref.images[np.sort(test_idx)], dtype=torch.float32)[:, None] / 16.0
     x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)

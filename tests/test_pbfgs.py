@@ -195,6 +195,25 @@ def test_accumulated_gradient_is_the_average():
                                                  batches[-1][1]).item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.05])
+def test_sums_over_processes_are_each_taken_once(monkeypatch, alpha):
+    """Two identical processes, simulated in one: each holds the whole batch with share 1/2, and a
+    sum over processes doubles. The run must then equal one process's bit for bit (powers of two
+    scale exactly): a missing sum halves a quantity, a repeated one doubles it. Covers the k
+    coordinates (alpha 0), the whole gradient (alpha != 0), accumulation and the line search."""
+    model, basis, batches = make_problem(seed=6, n_batches=4)
+    twin = copy.deepcopy(model)
+    one = PBFGS(model, basis, alpha=alpha)
+    losses_one = [one.step_accumulated(batches[i:i + 2]) for i in (0, 2)]
+    monkeypatch.setattr(utils, "global_batch_share", lambda n, device: 0.5)
+    monkeypatch.setattr(utils, "all_reduce_sum_", lambda t: t.mul_(2))
+    two = PBFGS(twin, basis, alpha=alpha)
+    losses_two = [two.step_accumulated(batches[i:i + 2]) for i in (0, 2)]
+    assert losses_two == losses_one
+    assert torch.equal(one.H, two.H) and not torch.equal(one.H, torch.eye(len(basis), dtype=one.H.dtype))
+    assert torch.equal(utils.flat_params(twin), utils.flat_params(model))
+
+
 def test_pbfgs_state_round_trip():
     model, basis, batches = make_problem(seed=5)
     twin = copy.deepcopy(model)

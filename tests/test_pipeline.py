@@ -25,6 +25,7 @@ def test_sgd_writes_samples_provenance_noise_and_results(digits_samples):
     noise = json.load(open(digits_samples / "noisy_labels.json"))
     assert len(noise["indices"]) == round(0.1 * 1437)
     res = results(digits_samples, "sgd")
+    assert res["torch"] == torch.__version__ and res["git_commit"] == run["git_commit"]
     assert [e["epoch"] for e in res["epochs"]] == list(range(7))
     assert res["epochs"][-1]["test_acc"] > 80.0  # resnet20 learns DIGITS (10% noisy labels) in 6 epochs
 
