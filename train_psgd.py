@@ -16,50 +16,34 @@ import torch.nn.functional as F
 import utils
 
 
-@torch.no_grad()
-def project_gradients_(model, basis, flat=None):
-    """Replace every trainable parameter's .grad by its projection P^T P g onto the subspace.
-
-    ``basis`` is (k, D) with orthonormal rows, D the number of trainable parameters in
-    ``named_parameters()`` order. With a ``utils.FlatParameters`` the projection is done in
-    place on its flat gradient buffer. Under torchrun the k subspace coordinates of the gradient
-    are summed over the processes: k numbers to exchange instead of D.
-    """
-    if flat is not None:
-        coords = utils.all_reduce_sum_(basis @ flat.grad)
-        flat.grad.copy_(basis.T @ coords)
-        return
-    grad = utils.flat_grad(model)
-    coords = utils.all_reduce_sum_(basis @ grad.to(basis.dtype))
-    utils.set_flat_grad_(model, basis.T @ coords)
-
-
 def build_parser():
     p = utils.ArgumentParser(description="DLDR step 3b: P-SGD in the trajectory's subspace")
-    utils.add_common_arguments(p, epochs=100, lr=1.0, batch_size=128)
+    utils.add_common_arguments(p, arch="resnet20", epochs=100, lr=1.0, batch_size=128)
     utils.add_subspace_arguments(p)
+    p.add_argument("--weight-decay", "--weight_decay", "--wd", dest="weight_decay", default=0.0,
+                   type=float, metavar="W",
+                   help="accepted for the authors' command lines; the subspace methods use none")
     p.add_argument("--momentum", default=0.9, type=float, metavar="M", help="momentum (default: 0.9)")
-    p.add_argument("--milestones", default=[30, 50],
-                   type=utils.int_list, metavar="E1,E2",
+    p.add_argument("--milestones", default=[30, 50], type=utils.int_list, metavar="E1,E2",
                    help="epochs where the LR drops 10x (default: 30,50)")
     return p
 
 
-def train_epoch(model, flat, basis, loader, optimizer, scaler, epoch, args, device, left_after):
+def train_epoch(model, flat, basis, loader, optimizer, scaler, progress, amp, begin_step):
+    """One epoch of P-SGD: every gradient is replaced by its projection P^T P g before the step."""
     model.train()
-    progress = utils.EpochProgress(epoch, len(loader), args.print_freq, left_after)
     for i, (x, y) in enumerate(loader):
-        utils.mark_step(args, device)
-        with utils.autocast(device, args.amp):
+        begin_step()
+        with utils.autocast(x.device, amp):
             output = model(x)
             loss = F.cross_entropy(utils.full_precision(output), y)
         progress.check_finite(loss, i)
         flat.zero_grad()  # not optimizer.zero_grad(): the grads are views of the flat buffer
         # The projection sums over processes: weight each by its share (1.0 alone: exact)
-        scaler.scale(loss * utils.global_batch_share(y.shape[0], device)).backward()
+        scaler.scale(loss * utils.global_batch_share(y.shape[0], x.device)).backward()
         # Project (and sum over processes) before unscaling, so every process sees the same
         # gradient when the scaler checks it for infinities.
-        project_gradients_(model, basis, flat)
+        utils.project_gradients_(flat.params, basis)
         scaler.unscale_(optimizer)
         scaler.step(optimizer)
         scaler.update()
@@ -69,47 +53,85 @@ def train_epoch(model, flat, basis, loader, optimizer, scaler, epoch, args, devi
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    results_name, final_name, ckpt_name = utils.subspace_output_names(args, "psgd")
-    device = utils.init_distributed(utils.validate_subspace_args(args, ckpt_name))
+    results_name, final_name, ckpt_name = utils.output_names("psgd", args.basis, args.output_tag)
+    utils.check_subspace_run(
+        args.save_dir, arch=args.arch, datasets=args.datasets, data_root=args.data_root,
+        corrupt=args.corrupt, smalldatasets=args.smalldatasets, randomseed=args.randomseed,
+        params_start=args.params_start, params_end=args.params_end, params_step=args.params_step,
+        n_components=args.n_components, basis=args.basis, resume=args.resume,
+        checkpoint_name=ckpt_name)
+    device = utils.resolve_device(args.device)
+    amp = utils.amp_mode(args.amp, args.half, args.dtype)
     if not args.lr > 0:
         raise utils.UsageError(f"--lr {args.lr}: must be positive")
+    device = utils.init_distributed(device)
     utils.seed_everything(args.randomseed)
-    model, basis, ratios, train_loader, test_loader = utils.prepare_subspace_run(args, device)
+    train_set, test_set = utils.load_data(args.datasets, args.data_root, args.smalldatasets,
+                                          args.corrupt, args.randomseed)
+    utils.check_noise_record(args.save_dir, train_set.noise)
+    model = utils.build_model(args.arch, args.datasets, train_set.num_classes, device, args.dtype)
+
+    # DLDR: the trajectory's samples, their principal directions, the restart from a sample
+    start = time.time()
+    if args.basis == "dldr":
+        epochs = utils.sample_epochs(args.params_start, args.params_end, args.params_step)
+        samples = utils.load_samples(args.save_dir, epochs, model, args.arch, args.streaming_basis)
+        basis, ratios = utils.trajectory_basis(samples, args.n_components, device)
+        utils.log_basis(ratios, epochs, args.params_step, time.time() - start,
+                        streamed=not torch.is_tensor(samples))
+        del samples
+    else:
+        dim = sum(p.numel() for p in utils.trainable_parameters(model))
+        basis, ratios = utils.random_basis(dim, args.n_components, args.randomseed), None
+        utils.log(f"=> random basis: {args.n_components} orthonormal directions "
+                  f"(seed {args.randomseed})")
+    utils.load_sample_into(model, utils.sample_path(args.save_dir, args.params_start), args.arch)
+    model = utils.sync_batchnorm(model, device)  # under torchrun: statistics of the global batch
     flat = utils.FlatParameters(model)  # before compiling: the compiled graph sees these views
-    step_model = utils.compile_model(model, args, device)
+    basis = basis.to(device=device, dtype=flat.data.dtype).contiguous()
+    step_model = utils.compile_model(model, device, args.compile, args.compile_mode,
+                                     args.compile_backend)
     optimizer = torch.optim.SGD(flat.params, lr=args.lr, momentum=args.momentum)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    results = utils.Results(os.path.join(args.save_dir, results_name), "psgd", args,
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+    train_loader = utils.make_loader(train_set, args.batch_size, device, shuffle=True,
+                                     kind=args.loader, workers=args.workers, seed=args.randomseed)
+    test_loader = utils.make_loader(test_set, max(args.batch_size, 256), device, shuffle=False,
+                                    kind=args.loader, workers=args.workers)
+    results = utils.Results(os.path.join(args.save_dir, results_name), "psgd", dict(vars(args)),
                             {"explained_variance_ratio": ratios, "basis": args.basis})
     start_epoch, best_prec1 = 0, 0.0
-    w_start = flat.data.clone()  # sample params_start: coordinates are taken from here
+    w_start = flat.data.clone()  # the restart sample: coordinates are taken from here
     if args.evaluate:
-        loss, prec = utils.evaluate(model, test_loader, args.amp)
+        loss, prec = utils.evaluate(model, test_loader, amp)
         utils.log_test(prec, loss)
         return
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     if args.resume:
-        start_epoch, best_prec1 = utils.resume_run(args, ckpt_name, model, stateful, train_loader,
-                                                   results)
+        path = utils.find_resume_checkpoint(args.resume, args.save_dir, ckpt_name)
+        start_epoch, best_prec1 = utils.resume_run(path, model, stateful, train_loader, results)
     else:
-        loss, prec = utils.evaluate(model, test_loader, args.amp)
+        loss, prec = utils.evaluate(model, test_loader, amp)
         utils.log(f"=> start (sample {args.params_start}):")
         utils.log_test(prec, loss)
         results.add(epoch=0, test_loss=loss, test_acc=prec, time=0.0, coords=[0.0] * len(basis))
 
+    begin_step = utils.step_marker(device, args.compile)
     run_start = time.time()
     for epoch in range(start_epoch, args.epochs):
         epoch_start = time.time()
         current_lr = optimizer.param_groups[0]["lr"]
+        progress = utils.EpochProgress(epoch, len(train_loader), args.print_freq,
+                                       args.epochs - epoch - 1)
         try:
-            progress = train_epoch(step_model, flat, basis, train_loader, optimizer, scaler, epoch,
-                                   args, device, args.epochs - epoch - 1)
+            train_epoch(step_model, flat, basis, train_loader, optimizer, scaler, progress, amp,
+                        begin_step)
         except utils.NonFiniteLoss as e:
             raise SystemExit(f"error: {e}; the last good state is in {ckpt_name}")
         scheduler.step()
         train_time = time.time() - epoch_start
-        test_loss, prec1 = utils.evaluate(step_model, test_loader, args.amp)
+        test_loss, prec1 = utils.evaluate(step_model, test_loader, amp)
         utils.log_test(prec1, test_loss)
         best_prec1 = max(best_prec1, prec1)
         results.add(epoch=epoch + 1, train_loss=progress.loss, train_acc=progress.accuracy,

@@ -16,7 +16,7 @@ import utils
 
 def build_parser():
     p = utils.ArgumentParser(description="DLDR step 1: SGD training that samples the trajectory")
-    utils.add_common_arguments(p, epochs=200, lr=None, batch_size=128)
+    utils.add_common_arguments(p, arch="resnet20", epochs=200, lr=None, batch_size=128)
     p.add_argument("--momentum", default=0.9, type=float, metavar="M", help="momentum (default: 0.9)")
     p.add_argument("--weight-decay", "--weight_decay", "--wd", dest="weight_decay", default=1e-4,
                    type=float, metavar="W", help="weight decay (default: 1e-4)")
@@ -30,7 +30,38 @@ def build_parser():
     return p
 
 
-def validate_args(args):
+def clear_run(save_dir):
+    """--overwrite: remove the previous run's samples, checkpoints and records."""
+    for name in os.listdir(save_dir):
+        stem = name[:-3] if name.endswith(".pt") else None
+        if (stem is not None and (stem.isdigit() or stem.startswith("checkpoint"))) or name in (
+                "run.json", "results_sgd.json", "noisy_labels.json"):
+            os.unlink(os.path.join(save_dir, name))
+
+
+def train_epoch(model, loader, optimizer, scaler, progress, amp, begin_step, channels_last):
+    """One epoch of SGD (under torchrun: DDP) on the full parameter vector."""
+    model.train()
+    processes = utils.world()[1]
+    for i, (x, y) in enumerate(loader):
+        begin_step()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with utils.autocast(x.device, amp):
+            output = model(x)
+            loss = F.cross_entropy(utils.full_precision(output), y)
+        progress.check_finite(loss, i)
+        optimizer.zero_grad(set_to_none=True)
+        # DDP averages over processes: weight each by its share of the batch (1.0 alone: exact)
+        scaler.scale(loss * (utils.global_batch_share(y.shape[0], x.device) * processes)).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        progress.update(i, loss, output, y)
+    return progress.finish()
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     utils.check_arch_name(args.arch, args.datasets)
     utils.check_dataset_name(args.datasets, args.data_root)
     device = utils.resolve_device(args.device)
@@ -49,56 +80,28 @@ def validate_args(args):
             "of another run; pass --resume to continue it or --overwrite to replace it")
     if args.resume == "auto" and not os.path.isfile(os.path.join(args.save_dir, "checkpoint.pt")):
         raise utils.UsageError(f"--resume: no checkpoint.pt in {args.save_dir} to resume from")
-    utils.check_precision(args)
+    amp = utils.amp_mode(args.amp, args.half, args.dtype)
     utils.check_writable_dir(args.save_dir)
-    return device
 
-
-def clear_run(save_dir):
-    """--overwrite: remove the previous run's samples, checkpoints and records."""
-    for name in os.listdir(save_dir):
-        stem = name[:-3] if name.endswith(".pt") else None
-        if (stem is not None and (stem.isdigit() or stem.startswith("checkpoint"))) or name in (
-                "run.json", "results_sgd.json", "noisy_labels.json"):
-            os.unlink(os.path.join(save_dir, name))
-
-
-def train_epoch(model, loader, optimizer, scaler, epoch, args, device, epochs_left_after):
-    model.train()
-    processes = utils.world()[1]
-    progress = utils.EpochProgress(epoch, len(loader), args.print_freq, epochs_left_after)
-    for i, (x, y) in enumerate(loader):
-        utils.mark_step(args, device)
-        if getattr(args, "channels_last", False):
-            x = x.contiguous(memory_format=torch.channels_last)
-        with utils.autocast(device, args.amp):
-            output = model(x)
-            loss = F.cross_entropy(utils.full_precision(output), y)
-        progress.check_finite(loss, i)
-        optimizer.zero_grad(set_to_none=True)
-        # DDP averages over processes: weight each by its share of the batch (1.0 alone: exact)
-        scaler.scale(loss * (utils.global_batch_share(y.shape[0], device) * processes)).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        progress.update(i, loss, output, y)
-    return progress.finish()
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    device = utils.init_distributed(validate_args(args))
+    device = utils.init_distributed(device)
     utils.seed_everything(args.randomseed)
     if args.overwrite and utils.is_main_process():
         clear_run(args.save_dir)
-    resuming = bool(args.resume)
-    train_set, test_set = utils.load_data(args, write_noise_record=not resuming)
+    train_set, test_set = utils.load_data(args.datasets, args.data_root, args.smalldatasets,
+                                          args.corrupt, args.randomseed)
+    if args.resume:
+        utils.check_noise_record(args.save_dir, train_set.noise)
+    elif train_set.noise is not None:
+        utils.save_noise_record(args.save_dir, train_set.noise)
     num_classes = train_set.num_classes
-    model = utils.sync_batchnorm(utils.build_model(args, num_classes, device), device)
-    args.channels_last = device.type == "cuda"  # NHWC convolutions are faster on tensor cores
-    if args.channels_last:
+    model = utils.build_model(args.arch, args.datasets, num_classes, device, args.dtype)
+    model = utils.sync_batchnorm(model, device)
+    channels_last = device.type == "cuda"  # NHWC convolutions are faster on tensor cores
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Under torchrun the steps run through DDP; evaluation (each process its shard) does not.
-    step_model = utils.compile_model(utils.distributed_model(model, device), args, device)
+    step_model = utils.compile_model(utils.distributed_model(model, device), device, args.compile,
+                                     args.compile_mode, args.compile_backend)
     eval_model = step_model if utils.world()[1] == 1 else model
     n_params = sum(p.numel() for p in utils.trainable_parameters(model))
     utils.log(f"=> {args.arch}: {n_params} trainable parameters, {args.datasets} "
@@ -115,29 +118,32 @@ def main(argv=None):
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay)
     milestones = args.milestones or ([150] if args.datasets == "CIFAR100" else [100, 150])
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    train_loader = utils.make_loader(train_set, args, device, shuffle=True, seed=args.randomseed)
-    test_loader = utils.make_loader(test_set, args, device, shuffle=False)
-    results = utils.Results(os.path.join(args.save_dir, "results_sgd.json"), "sgd", args,
-                            {"num_params": n_params, "num_classes": num_classes})
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    train_loader = utils.make_loader(train_set, args.batch_size, device, shuffle=True,
+                                     kind=args.loader, workers=args.workers, seed=args.randomseed)
+    test_loader = utils.make_loader(test_set, max(args.batch_size, 256), device, shuffle=False,
+                                    kind=args.loader, workers=args.workers)
+    results = utils.Results(os.path.join(args.save_dir, "results_sgd.json"), "sgd",
+                            dict(vars(args)), {"num_params": n_params, "num_classes": num_classes})
     start_epoch, best_prec1 = 0, 0.0
 
     if args.evaluate:
-        loss, prec = utils.evaluate(model, test_loader, args.amp)
+        loss, prec = utils.evaluate(model, test_loader, amp)
         utils.log_test(prec, loss)
         return
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    if resuming:
-        start_epoch, best_prec1 = utils.resume_run(args, "checkpoint.pt", model, stateful,
-                                                   train_loader, results)
+    if args.resume:
+        path = utils.find_resume_checkpoint(args.resume, args.save_dir, "checkpoint.pt")
+        start_epoch, best_prec1 = utils.resume_run(path, model, stateful, train_loader, results)
     else:
         utils.atomic_write_json(os.path.join(args.save_dir, "run.json"),
-                                utils.provenance(args, num_classes))
+                                utils.provenance(dict(vars(args)), num_classes))
         utils.save_sample(model, args.save_dir, 0)
-        loss, prec = utils.evaluate(model, test_loader, args.amp)
+        loss, prec = utils.evaluate(model, test_loader, amp)
         results.add(epoch=0, test_loss=loss, test_acc=prec, time=0.0, lr=lr)
 
     warmup = args.arch in ("resnet110", "resnet1202") and args.optimizer == "sgd"
+    begin_step = utils.step_marker(device, args.compile)
     run_start = time.time()
     for epoch in range(start_epoch, args.epochs):
         if warmup and epoch == 0:
@@ -146,9 +152,11 @@ def main(argv=None):
                 group["lr"] = lr * 0.1
         epoch_start = time.time()
         current_lr = optimizer.param_groups[0]["lr"]
+        progress = utils.EpochProgress(epoch, len(train_loader), args.print_freq,
+                                       args.epochs - epoch - 1)
         try:
-            progress = train_epoch(step_model, train_loader, optimizer, scaler, epoch, args, device,
-                                   args.epochs - epoch - 1)
+            train_epoch(step_model, train_loader, optimizer, scaler, progress, amp, begin_step,
+                        channels_last)
         except utils.NonFiniteLoss as e:
             raise SystemExit(f"error: {e}; samples up to {epoch}.pt are kept in {args.save_dir}")
         if warmup and epoch == 0:
@@ -156,7 +164,7 @@ def main(argv=None):
                 group["lr"] = lr
         scheduler.step()
         train_time = time.time() - epoch_start
-        test_loss, prec1 = utils.evaluate(eval_model, test_loader, args.amp)
+        test_loss, prec1 = utils.evaluate(eval_model, test_loader, amp)
         utils.log_test(prec1, test_loss)
         best_prec1 = max(best_prec1, prec1)
         utils.save_sample(model, args.save_dir, epoch + 1)

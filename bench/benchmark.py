@@ -30,15 +30,6 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def make_args(path, batch_size, device):
-    fast = path == "fast"
-    return argparse.Namespace(
-        batch_size=batch_size, loader="memory" if fast else "dataloader",
-        workers=0 if device.type == "cpu" else 8, print_freq=10**9, accumulate=1,
-        amp=("bf16" if fast and device.type == "cuda" else None),
-        compile=fast and device.type == "cuda", channels_last=fast and device.type == "cuda")
-
-
 def time_epochs(run_epoch, device, repeats):
     run_epoch()  # warm-up: compilation, autotuning, allocator
     times = []
@@ -52,40 +43,51 @@ def time_epochs(run_epoch, device, repeats):
 
 
 def bench_method(method, path, train, test, device, repeats, k):
+    """Median seconds per epoch (training steps plus the test evaluation) of one method, on the
+    fast path (data on the device; on CUDA also bf16, channels_last, compiled) or the reference
+    path (torchvision transforms in a DataLoader, fp32, eager)."""
+    fast = path == "fast"
+    cuda = fast and device.type == "cuda"
     batch = 1024 if method == "pbfgs" else 128
-    args = make_args(path, batch, device)
+    kind, workers = ("memory", 0) if fast else ("dataloader", 0 if device.type == "cpu" else 8)
+    amp = "bf16" if cuda else None
     torch.manual_seed(0)
     model = models.build("resnet20", 10).to(device)
-    train_loader = utils.make_loader(train, args, device, shuffle=True, seed=0)
-    test_loader = utils.make_loader(test, args, device, shuffle=False)
+    train_loader = utils.make_loader(train, batch, device, True, kind=kind, workers=workers)
+    test_loader = utils.make_loader(test, 256, device, False, kind=kind, workers=workers)
+    begin_step = utils.step_marker(device, cuda)
+    progress = lambda: utils.EpochProgress(0, len(train_loader), 10 ** 9)  # noqa: E731
     if method == "sgd":
-        if args.channels_last:
+        if cuda:
             model = model.to(memory_format=torch.channels_last)
-        step_model = torch.compile(model) if args.compile else model
+        step_model = torch.compile(model) if cuda else model
         opt = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
         scaler = torch.amp.GradScaler(device.type, enabled=False)
 
-        def epoch():
-            train_sgd.train_epoch(step_model, train_loader, opt, scaler, 0, args, device, 0)
-            utils.evaluate(step_model, test_loader, args.amp)
+        def train_epoch():
+            train_sgd.train_epoch(step_model, train_loader, opt, scaler, progress(), amp,
+                                  begin_step, channels_last=cuda)
     else:
         flat = utils.FlatParameters(model)
         basis = utils.random_basis(flat.data.numel(), k, seed=0).to(device, torch.float32)
-        step_model = torch.compile(model) if args.compile else model
+        step_model = torch.compile(model) if cuda else model
         if method == "pbfgs":
-            opt = train_pbfgs.PBFGS(step_model, basis, flat=flat, amp=args.amp)
+            opt = utils.PBFGS(flat.params, basis, buffers=model.buffers())
 
-            def epoch():
-                train_pbfgs.train_epoch(opt, train_loader, 0, args, 0)
-                utils.evaluate(step_model, test_loader, args.amp)
+            def train_epoch():
+                train_pbfgs.train_epoch(step_model, flat, opt, train_loader, progress(), 1, amp,
+                                        begin_step)
         else:
             opt = torch.optim.SGD(flat.params, lr=1.0, momentum=0.9)
             scaler = torch.amp.GradScaler(device.type, enabled=False)
 
-            def epoch():
-                train_psgd.train_epoch(step_model, flat, basis, train_loader, opt, scaler, 0, args,
-                                       device, 0)
-                utils.evaluate(step_model, test_loader, args.amp)
+            def train_epoch():
+                train_psgd.train_epoch(step_model, flat, basis, train_loader, opt, scaler,
+                                       progress(), amp, begin_step)
+
+    def epoch():
+        train_epoch()
+        utils.evaluate(step_model, test_loader, amp)
     return time_epochs(epoch, device, repeats)
 
 

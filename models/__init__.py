@@ -1,7 +1,17 @@
 """Model registry: every ``--arch`` name maps to a constructor taking ``num_classes``.
 
-A family module registers its constructors with ``@register("name")``; every module in this
-package is imported once, here, so a new family only needs a new file.
+A family module defines one function per architecture, named as its ``--arch`` name, and
+decorates it with a bare ``@register``::
+
+    @register
+    def resnet56(num_classes=10):
+        return CifarResNet(56, num_classes)
+
+so searching the code for an architecture's name finds its definition. The family of an
+architecture is the name of the module that defines it. Every module of this package whose name
+does not start with an underscore is imported once, here, so a new family only needs a new file;
+building blocks shared by several families live in underscore modules (``_layers``,
+``_blocks_resnet``).
 """
 import importlib
 import pkgutil
@@ -13,15 +23,17 @@ class UnknownArchError(ValueError):
     """Raised for an ``--arch`` name that no family registered."""
 
 
-def register(name, family=None):
-    """Decorator: register ``fn(num_classes) -> nn.Module`` under ``name``."""
-    def wrap(fn):
-        if name in _REGISTRY:
-            raise RuntimeError(f"architecture {name!r} registered twice")
-        fn.family = family or fn.__module__.rsplit(".", 1)[-1]
-        _REGISTRY[name] = fn
-        return fn
-    return wrap
+def register(fn):
+    """Decorator: register ``fn(num_classes=10) -> nn.Module`` under ``fn.__name__``."""
+    if not callable(fn):
+        raise TypeError(
+            f"use a bare @register (the function's name is the --arch name), got {fn!r}")
+    name = fn.__name__
+    if name in _REGISTRY:
+        raise RuntimeError(f"architecture {name!r} registered twice")
+    fn.family = fn.__module__.rsplit(".", 1)[-1]
+    _REGISTRY[name] = fn
+    return fn
 
 
 def names():

@@ -3,44 +3,38 @@ stochasticdepth).
 
 They all use a 3x3 stride-1 stem without max pooling (a 32x32 input is too small to downsample
 early), four stages of widths 64/128/256/512 with strides 1/2/2/2, global average pooling and one
-linear classifier. Only the residual block, and whether convolutions carry a bias, differ.
+linear classifier. Only the residual block, and whether convolutions carry a bias, differ. The
+blocks per stage are those of He et al. 2016, Table 1: (2, 2, 2, 2) for depth 18, (3, 4, 6, 3)
+for 34 and 50, (3, 4, 23, 3) for 101 and (3, 8, 36, 3) for 152.
 """
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._layers import conv_bn
+
 STAGE_WIDTHS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
-# blocks per stage, by depth, as in He et al. 2016, Table 1
-BASIC_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
-BOTTLENECK_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
-def conv_bn(in_planes, planes, kernel_size, stride=1, bias=False, groups=1):
-    """Conv (padding keeps the size at stride 1) followed by BatchNorm."""
-    return nn.Sequential(
-        nn.Conv2d(in_planes, planes, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias),
-        nn.BatchNorm2d(planes))
-
-
-def projection_shortcut(in_planes, planes, stride, bias=False, batch_norm=True):
+def projection_shortcut(in_channels, out_channels, stride, bias=False, batch_norm=True):
     """Identity when shapes agree, else a strided 1x1 convolution (option B of He et al.)."""
-    if stride == 1 and in_planes == planes:
+    if stride == 1 and in_channels == out_channels:
         return nn.Identity()
     if batch_norm:
-        return conv_bn(in_planes, planes, 1, stride, bias)
-    return nn.Conv2d(in_planes, planes, 1, stride, bias=bias)
+        return conv_bn(in_channels, out_channels, 1, stride, bias)
+    return nn.Conv2d(in_channels, out_channels, 1, stride, bias=bias)
 
 
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions; ``bias`` because some reference families keep the conv biases."""
     expansion = 1
 
-    def __init__(self, in_planes, planes, stride=1, bias=False):
+    def __init__(self, in_channels, out_channels, stride=1, bias=False):
         super().__init__()
         self.residual = nn.Sequential(
-            conv_bn(in_planes, planes, 3, stride, bias), nn.ReLU(inplace=True),
-            conv_bn(planes, planes, 3, 1, bias))
-        self.shortcut = projection_shortcut(in_planes, planes, stride, bias)
+            conv_bn(in_channels, out_channels, 3, stride, bias), nn.ReLU(inplace=True),
+            conv_bn(out_channels, out_channels, 3, 1, bias))
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride, bias)
 
     def forward(self, x):
         return F.relu(self.residual(x) + self.shortcut(x))
@@ -50,38 +44,38 @@ class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (carrying the stride), 1x1 expand by 4."""
     expansion = 4
 
-    def __init__(self, in_planes, planes, stride=1, bias=False):
+    def __init__(self, in_channels, width, stride=1, bias=False):
         super().__init__()
-        out_planes = planes * self.expansion
+        out_channels = width * self.expansion
         self.residual = nn.Sequential(
-            conv_bn(in_planes, planes, 1, 1, bias), nn.ReLU(inplace=True),
-            conv_bn(planes, planes, 3, stride, bias), nn.ReLU(inplace=True),
-            conv_bn(planes, out_planes, 1, 1, bias))
-        self.shortcut = projection_shortcut(in_planes, out_planes, stride, bias)
+            conv_bn(in_channels, width, 1, 1, bias), nn.ReLU(inplace=True),
+            conv_bn(width, width, 3, stride, bias), nn.ReLU(inplace=True),
+            conv_bn(width, out_channels, 1, 1, bias))
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride, bias)
 
     def forward(self, x):
         return F.relu(self.residual(x) + self.shortcut(x))
 
 
 class ResNetBackbone(nn.Module):
-    """Stem, four stages of ``block(in_planes, planes, stride, **block_kwargs)``, pool, linear.
+    """Stem, four stages of ``block(in_channels, width, stride, **block_kwargs)``, pool, linear.
 
-    ``block`` must expose ``expansion`` (output channels = planes * expansion).
+    ``block`` must expose ``expansion`` (output channels = width * expansion).
     """
 
     def __init__(self, block, num_blocks, num_classes, stem_bias=False, **block_kwargs):
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(3, 64, 3, 1, 1, bias=stem_bias), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
-        stages, in_planes = [], 64
-        for planes, stride, n in zip(STAGE_WIDTHS, STAGE_STRIDES, num_blocks):
+        stages, in_channels = [], 64
+        for width, stride, n in zip(STAGE_WIDTHS, STAGE_STRIDES, num_blocks):
             blocks = []
             for i in range(n):
-                blocks.append(block(in_planes, planes, stride if i == 0 else 1, **block_kwargs))
-                in_planes = planes * block.expansion
+                blocks.append(block(in_channels, width, stride if i == 0 else 1, **block_kwargs))
+                in_channels = width * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
-        self.fc = nn.Linear(in_planes, num_classes)
+        self.fc = nn.Linear(in_channels, num_classes)
 
     def blocks(self):
         """The residual blocks, in order from input to output."""

@@ -115,19 +115,12 @@ class ResidualAttentionNet(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
-# attention modules in stages 1, 2 and 3
-CONFIGS = {
-    "attention56": (1, 1, 1),
-    "attention92": (1, 2, 3),
-}
+# argument: attention modules in stages 1, 2 and 3
+@register
+def attention56(num_classes=10):
+    return ResidualAttentionNet((1, 1, 1), num_classes)
 
 
-def _make(name, modules_per_stage):
-    @register(name, family="attention")
-    def build(num_classes=10):
-        return ResidualAttentionNet(modules_per_stage, num_classes)
-    return build
-
-
-for _name, _cfg in CONFIGS.items():
-    _make(_name, _cfg)
+@register
+def attention92(num_classes=10):
+    return ResidualAttentionNet((1, 2, 3), num_classes)

@@ -51,9 +51,9 @@ class DenseNet(nn.Module):
                 stages.append(Bottleneck(channels, growth_rate))
                 channels += growth_rate
             if i < len(block_sizes) - 1:
-                out = int(reduction * channels)  # floor, as the zoo does
-                stages.append(Transition(channels, out))
-                channels = out
+                out_channels = int(reduction * channels)  # floor, as the zoo does
+                stages.append(Transition(channels, out_channels))
+                channels = out_channels
         stages += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*stages)
         self.linear = nn.Linear(channels, num_classes)
@@ -64,21 +64,22 @@ class DenseNet(nn.Module):
         return self.linear(out)
 
 
-# name -> (layers per dense block, growth rate k)
-CONFIGS = {
-    "densenet121": ((6, 12, 24, 16), 32),
-    "densenet161": ((6, 12, 36, 24), 48),
-    "densenet169": ((6, 12, 32, 32), 32),
-    "densenet201": ((6, 12, 48, 32), 32),
-}
+# arguments: layers per dense block, growth rate k
+@register
+def densenet121(num_classes=10):
+    return DenseNet((6, 12, 24, 16), 32, num_classes=num_classes)
 
 
-def _make(name, block_sizes, growth_rate):
-    @register(name)
-    def build(num_classes=10):
-        return DenseNet(block_sizes, growth_rate, num_classes=num_classes)
-    return build
+@register
+def densenet161(num_classes=10):
+    return DenseNet((6, 12, 36, 24), 48, num_classes=num_classes)
 
 
-for _name, (_sizes, _k) in CONFIGS.items():
-    _make(_name, _sizes, _k)
+@register
+def densenet169(num_classes=10):
+    return DenseNet((6, 12, 32, 32), 32, num_classes=num_classes)
+
+
+@register
+def densenet201(num_classes=10):
+    return DenseNet((6, 12, 48, 32), 32, num_classes=num_classes)

@@ -28,8 +28,9 @@ _HEAD_BN_EPS = 0.9
 class SameConv(nn.Conv2d):
     """Bias-free conv with TF "SAME" padding: output = ceil(input / stride), odd padding goes right/bottom."""
 
-    def __init__(self, in_ch, out_ch, kernel_size, stride=1, groups=1):
-        super().__init__(in_ch, out_ch, kernel_size, stride, padding=0, groups=groups, bias=False)
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, groups=1):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding=0, groups=groups,
+                         bias=False)
 
     @staticmethod
     def _total_padding(size, kernel, stride):
@@ -43,18 +44,19 @@ class SameConv(nn.Conv2d):
         return super().forward(x)
 
 
-def _conv_bn_swish(in_ch, out_ch, kernel_size, stride=1, groups=1):
+def _conv_bn_swish(in_channels, out_channels, kernel_size, stride=1, groups=1):
     return nn.Sequential(
-        SameConv(in_ch, out_ch, kernel_size, stride, groups),
-        nn.BatchNorm2d(out_ch, momentum=_BN_MOMENTUM),
+        SameConv(in_channels, out_channels, kernel_size, stride, groups),
+        nn.BatchNorm2d(out_channels, momentum=_BN_MOMENTUM),
         nn.SiLU(),
     )
 
 
 class SqueezeExcite(nn.Module):
-    def __init__(self, ch, squeeze_ch):
+    def __init__(self, channels, squeeze_channels):
         super().__init__()
-        self.fc = nn.Sequential(nn.Linear(ch, squeeze_ch), nn.SiLU(), nn.Linear(squeeze_ch, ch))
+        self.fc = nn.Sequential(nn.Linear(channels, squeeze_channels), nn.SiLU(),
+                                nn.Linear(squeeze_channels, channels))
 
     def forward(self, x):
         gate = self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
@@ -64,25 +66,26 @@ class SqueezeExcite(nn.Module):
 class MBConv(nn.Module):
     """Inverted residual: expand 1x1 (skipped when t=1) -> depthwise kxk -> SE -> linear 1x1."""
 
-    def __init__(self, in_ch, out_ch, t, kernel_size, stride, se_ratio=4):
+    def __init__(self, in_channels, out_channels, t, kernel_size, stride, se_ratio=4):
         super().__init__()
-        mid = in_ch * t
-        self.expand = _conv_bn_swish(in_ch, mid, 1) if t != 1 else nn.Identity()
+        mid = in_channels * t
+        self.expand = _conv_bn_swish(in_channels, mid, 1) if t != 1 else nn.Identity()
         self.depthwise = _conv_bn_swish(mid, mid, kernel_size, stride, groups=mid)
-        self.se = SqueezeExcite(mid, int(in_ch / se_ratio))
-        self.project = nn.Sequential(SameConv(mid, out_ch, 1), nn.BatchNorm2d(out_ch, eps=_PROJECT_BN_EPS))
-        self.identity = stride == 1 and in_ch == out_ch
+        self.se = SqueezeExcite(mid, int(in_channels / se_ratio))
+        self.project = nn.Sequential(SameConv(mid, out_channels, 1),
+                                     nn.BatchNorm2d(out_channels, eps=_PROJECT_BN_EPS))
+        self.identity = stride == 1 and in_channels == out_channels
 
     def forward(self, x):
         out = self.project(self.se(self.depthwise(self.expand(x))))
         return out + x if self.identity else out
 
 
-def _round_width(ch, multiplier, divisor=8):
+def _round_width(channels, multiplier, divisor=8):
     # nearest multiple of divisor, never more than 10% below the scaled width
-    ch *= multiplier
-    new = max(divisor, int(ch + divisor / 2) // divisor * divisor)
-    return int(new + divisor if new < 0.9 * ch else new)
+    channels *= multiplier
+    new = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+    return int(new + divisor if new < 0.9 * channels else new)
 
 
 class EfficientNet(nn.Module):
@@ -94,15 +97,17 @@ class EfficientNet(nn.Module):
             nn.BatchNorm2d(stem, momentum=_STEM_BN_MOMENTUM),
             nn.SiLU(),
         )
-        blocks, in_ch = [], stem
-        for t, kernel_size, stride, out_ch, repeats in stages:
-            out_ch = _round_width(out_ch, width)
+        blocks, in_channels = [], stem
+        for t, kernel_size, stride, out_channels, repeats in stages:
+            out_channels = _round_width(out_channels, width)
             for i in range(int(math.ceil(repeats * depth))):
-                blocks.append(MBConv(in_ch, out_ch, t, kernel_size, stride if i == 0 else 1))
-                in_ch = out_ch
+                blocks.append(
+                    MBConv(in_channels, out_channels, t, kernel_size, stride if i == 0 else 1))
+                in_channels = out_channels
         self.blocks = nn.Sequential(*blocks)
         head = _round_width(head, width)
-        self.head = nn.Sequential(SameConv(in_ch, head, 1), nn.BatchNorm2d(head, eps=_HEAD_BN_EPS), nn.SiLU())
+        self.head = nn.Sequential(
+            SameConv(in_channels, head, 1), nn.BatchNorm2d(head, eps=_HEAD_BN_EPS), nn.SiLU())
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(head, num_classes)
         self._init_weights()
@@ -128,17 +133,7 @@ _B0_STAGES = (
     (6, 5, 1, 112, 3), (6, 5, 1, 192, 4), (6, 3, 1, 320, 1),
 )
 
-_CONFIGS = {
-    "efficientnet": dict(stages=_B0_STAGES, width=1.0, depth=1.0),
-}
 
-
-def _make(name, cfg):
-    @register(name)
-    def build(num_classes=10):
-        return EfficientNet(num_classes=num_classes, **cfg)
-    return build
-
-
-for _name, _cfg in _CONFIGS.items():
-    _make(_name, _cfg)
+@register
+def efficientnet(num_classes=10):
+    return EfficientNet(_B0_STAGES, width=1.0, depth=1.0, num_classes=num_classes)

@@ -88,6 +88,6 @@ class GoogLeNet(nn.Module):
         return self.linear(self.dropout(out))
 
 
-@register("googlenet")
+@register
 def googlenet(num_classes=10):
     return GoogLeNet(num_classes)

@@ -254,7 +254,7 @@ class InceptionNet(nn.Module):
         return self.linear(self.dropout(out))
 
 
-@register("inceptionv3")
+@register
 def inceptionv3(num_classes=10):
     layers = [
         ConvBN(3, 32, 3), ConvBN(32, 32, 3), ConvBN(32, 64, 3), ConvBN(64, 80, 1),
@@ -268,7 +268,7 @@ def inceptionv3(num_classes=10):
     return InceptionNet(layers, 2048, dropout=0.5, num_classes=num_classes)
 
 
-@register("inceptionv4")
+@register
 def inceptionv4(num_classes=10):
     layers = [
         stem(),
@@ -281,7 +281,7 @@ def inceptionv4(num_classes=10):
     return InceptionNet(layers, 1536, dropout=0.2, num_classes=num_classes)
 
 
-@register("inceptionresnetv2")
+@register
 def inceptionresnetv2(num_classes=10):
     layers = [
         stem(),

@@ -12,16 +12,16 @@ from . import register
 class DepthwiseSeparable(nn.Module):
     """3x3 depthwise conv-BN-ReLU, then 1x1 pointwise conv-BN-ReLU."""
 
-    def __init__(self, in_ch, out_ch, stride):
+    def __init__(self, in_channels, out_channels, stride):
         super().__init__()
         self.depthwise = nn.Sequential(
-            nn.Conv2d(in_ch, in_ch, 3, stride, 1, groups=in_ch, bias=False),
-            nn.BatchNorm2d(in_ch),
+            nn.Conv2d(in_channels, in_channels, 3, stride, 1, groups=in_channels, bias=False),
+            nn.BatchNorm2d(in_channels),
             nn.ReLU(inplace=True),
         )
         self.pointwise = nn.Sequential(
-            nn.Conv2d(in_ch, out_ch, 1),
-            nn.BatchNorm2d(out_ch),
+            nn.Conv2d(in_channels, out_channels, 1),
+            nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
 
@@ -37,12 +37,12 @@ class MobileNet(nn.Module):
             nn.BatchNorm2d(stem),
             nn.ReLU(inplace=True),
         )
-        layers, in_ch = [], stem
-        for out_ch, stride in blocks:
-            layers.append(DepthwiseSeparable(in_ch, out_ch, stride))
-            in_ch = out_ch
+        layers, in_channels = [], stem
+        for out_channels, stride in blocks:
+            layers.append(DepthwiseSeparable(in_channels, out_channels, stride))
+            in_channels = out_channels
         self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(in_ch, num_classes)
+        self.fc = nn.Linear(in_channels, num_classes)
 
     def forward(self, x):
         out = self.features(self.stem(x))
@@ -50,21 +50,13 @@ class MobileNet(nn.Module):
 
 
 # (output channels, stride) of the 13 depthwise-separable blocks (paper, Table 1)
-_CONFIGS = {
-    "mobilenet": dict(blocks=(
-        (64, 1), (128, 2), (128, 1), (256, 2), (256, 1),
-        (512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1),
-        (1024, 2), (1024, 1),
-    )),
-}
+_BLOCKS = (
+    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1),
+    (512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1),
+    (1024, 2), (1024, 1),
+)
 
 
-def _make(name, cfg):
-    @register(name)
-    def build(num_classes=10):
-        return MobileNet(num_classes=num_classes, **cfg)
-    return build
-
-
-for _name, _cfg in _CONFIGS.items():
-    _make(_name, _cfg)
+@register
+def mobilenet(num_classes=10):
+    return MobileNet(_BLOCKS, num_classes)

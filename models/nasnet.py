@@ -20,24 +20,25 @@ def _avg3(t):
 
 
 class SeparableConv(nn.Sequential):
-    def __init__(self, in_ch, out_ch, kernel_size, stride=1, bias=True):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, bias=True):
         super().__init__(
-            nn.Conv2d(in_ch, in_ch, kernel_size, stride, kernel_size // 2, groups=in_ch, bias=bias),
-            nn.Conv2d(in_ch, out_ch, 1),
+            nn.Conv2d(in_channels, in_channels, kernel_size, stride, kernel_size // 2,
+                      groups=in_channels, bias=bias),
+            nn.Conv2d(in_channels, out_channels, 1),
         )
 
 
 class SeparableBranch(nn.Sequential):
     """Two rounds of ReLU -> separable conv -> BN; only the first may stride."""
 
-    def __init__(self, ch, kernel_size, stride=1, bias=True):
+    def __init__(self, channels, kernel_size, stride=1, bias=True):
         super().__init__(
             nn.ReLU(),
-            SeparableConv(ch, ch, kernel_size, stride, bias),
-            nn.BatchNorm2d(ch),
+            SeparableConv(channels, channels, kernel_size, stride, bias),
+            nn.BatchNorm2d(channels),
             nn.ReLU(),
-            SeparableConv(ch, ch, kernel_size),
-            nn.BatchNorm2d(ch),
+            SeparableConv(channels, channels, kernel_size),
+            nn.BatchNorm2d(channels),
         )
 
 
@@ -48,13 +49,14 @@ class Fit(nn.Module):
     at odd offsets, concatenated) so no pixel is dropped. Otherwise a 1x1 conv if the width differs.
     """
 
-    def __init__(self, prev_ch, filters):
+    def __init__(self, prev_channels, filters):
         super().__init__()
         self.filters = filters
-        self.path1 = nn.Conv2d(prev_ch, filters // 2, 1)
-        self.path2 = nn.Conv2d(prev_ch, filters // 2, 1)
+        self.path1 = nn.Conv2d(prev_channels, filters // 2, 1)
+        self.path2 = nn.Conv2d(prev_channels, filters // 2, 1)
         self.bn = nn.BatchNorm2d(filters)
-        self.dim_reduce = nn.Sequential(nn.ReLU(), nn.Conv2d(prev_ch, filters, 1), nn.BatchNorm2d(filters))
+        self.dim_reduce = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(prev_channels, filters, 1), nn.BatchNorm2d(filters))
 
     def forward(self, x, prev):
         if prev is None:
@@ -73,15 +75,17 @@ class Fit(nn.Module):
 class NormalCell(nn.Module):
     """Five pairwise-summed branches over h (reduced ``x``) and ``prev``; outputs 6 x filters."""
 
-    def __init__(self, x_ch, prev_ch, filters):
+    def __init__(self, x_channels, prev_channels, filters):
         super().__init__()
-        self.reduce = nn.Sequential(nn.ReLU(), nn.Conv2d(x_ch, filters, 1, bias=False), nn.BatchNorm2d(filters))
+        self.reduce = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(x_channels, filters, 1, bias=False), nn.BatchNorm2d(filters))
         self.sep3_h = SeparableBranch(filters, 3, bias=False)
         self.sep3_prev = SeparableBranch(filters, 3, bias=False)
         self.sep5_h = SeparableBranch(filters, 5, bias=False)
         self.sep5_prev = SeparableBranch(filters, 5, bias=False)
         self.sep3_prev2 = SeparableBranch(filters, 3, bias=False)
-        self.fit = Fit(prev_ch, filters)  # registered last, as in the zoo, so parameters flatten in its order
+        # registered last, as in the zoo, so parameters flatten in its order
+        self.fit = Fit(prev_channels, filters)
 
     def forward(self, inputs):
         x, prev = inputs
@@ -101,15 +105,16 @@ class NormalCell(nn.Module):
 class ReductionCell(nn.Module):
     """Halves the resolution; concatenates 4 of its combinations (not ``prev``): 4 x filters."""
 
-    def __init__(self, x_ch, prev_ch, filters):
+    def __init__(self, x_channels, prev_channels, filters):
         super().__init__()
-        self.reduce = nn.Sequential(nn.ReLU(), nn.Conv2d(x_ch, filters, 1), nn.BatchNorm2d(filters))
+        self.reduce = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(x_channels, filters, 1), nn.BatchNorm2d(filters))
         self.sep7_prev = SeparableBranch(filters, 7, stride=2)
         self.sep5_h = SeparableBranch(filters, 5, stride=2)
         self.sep7_prev2 = SeparableBranch(filters, 7, stride=2)
         self.sep5_prev = SeparableBranch(filters, 5, stride=2)
         self.sep3_a = SeparableBranch(filters, 3)
-        self.fit = Fit(prev_ch, filters)
+        self.fit = Fit(prev_channels, filters)
 
     def forward(self, inputs):
         x, prev = inputs
@@ -126,35 +131,25 @@ class ReductionCell(nn.Module):
 class NASNetA(nn.Module):
     def __init__(self, repeat, reductions, filters, num_classes=10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, filters, 3, padding=1, bias=False), nn.BatchNorm2d(filters))
-        cells, x_ch, prev_ch = [], filters, filters
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, filters, 3, padding=1, bias=False), nn.BatchNorm2d(filters))
+        cells, x_channels, prev_channels = [], filters, filters
         for stack in range(reductions + 1):
             if stack:
                 filters *= 2
-                cells.append(ReductionCell(x_ch, prev_ch, filters))
-                x_ch, prev_ch = 4 * filters, x_ch
+                cells.append(ReductionCell(x_channels, prev_channels, filters))
+                x_channels, prev_channels = 4 * filters, x_channels
             for _ in range(repeat):
-                cells.append(NormalCell(x_ch, prev_ch, filters))
-                x_ch, prev_ch = 6 * filters, x_ch
+                cells.append(NormalCell(x_channels, prev_channels, filters))
+                x_channels, prev_channels = 6 * filters, x_channels
         self.cells = nn.Sequential(*cells)
-        self.fc = nn.Linear(x_ch, num_classes)
+        self.fc = nn.Linear(x_channels, num_classes)
 
     def forward(self, x):
         out, _ = self.cells((self.stem(x), None))
         return self.fc(F.adaptive_avg_pool2d(F.relu(out), 1).flatten(1))
 
 
-_CONFIGS = {
-    "nasnet": dict(repeat=4, reductions=2, filters=44),
-}
-
-
-def _make(name, cfg):
-    @register(name)
-    def build(num_classes=10):
-        return NASNetA(num_classes=num_classes, **cfg)
-    return build
-
-
-for _name, _cfg in _CONFIGS.items():
-    _make(_name, _cfg)
+@register
+def nasnet(num_classes=10):
+    return NASNetA(repeat=4, reductions=2, filters=44, num_classes=num_classes)

@@ -5,20 +5,29 @@ the four stages see 32, 16, 8 and 4 pixels. Shortcuts that change shape are 1x1 
 no convolution has a bias (the following BatchNorm makes it redundant).
 """
 from . import register
-from ._blocks_resnet import BASIC_DEPTHS, BOTTLENECK_DEPTHS, BasicBlock, Bottleneck, ResNetBackbone
-
-CONFIGS = {
-    **{depth: (BasicBlock, blocks) for depth, blocks in BASIC_DEPTHS.items()},
-    **{depth: (Bottleneck, blocks) for depth, blocks in BOTTLENECK_DEPTHS.items()},
-}
+from ._blocks_resnet import BasicBlock, Bottleneck, ResNetBackbone
 
 
-def _make(depth, block, num_blocks):
-    @register(f"resnet{depth}")
-    def build(num_classes=10):
-        return ResNetBackbone(block, num_blocks, num_classes)
-    return build
+@register
+def resnet18(num_classes=10):
+    return ResNetBackbone(BasicBlock, (2, 2, 2, 2), num_classes)
 
 
-for _depth, (_block, _blocks) in CONFIGS.items():
-    _make(_depth, _block, _blocks)
+@register
+def resnet34(num_classes=10):
+    return ResNetBackbone(BasicBlock, (3, 4, 6, 3), num_classes)
+
+
+@register
+def resnet50(num_classes=10):
+    return ResNetBackbone(Bottleneck, (3, 4, 6, 3), num_classes)
+
+
+@register
+def resnet101(num_classes=10):
+    return ResNetBackbone(Bottleneck, (3, 4, 23, 3), num_classes)
+
+
+@register
+def resnet152(num_classes=10):
+    return ResNetBackbone(Bottleneck, (3, 8, 36, 3), num_classes)

@@ -19,14 +19,14 @@ class _PadShortcut(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_planes, planes, stride=1):
+    def __init__(self, in_channels, out_channels, stride=1):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        if stride != 1 or in_planes != planes:
-            self.shortcut = _PadShortcut(planes - in_planes)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = _PadShortcut(out_channels - in_channels)
         else:
             self.shortcut = nn.Identity()
 
@@ -44,12 +44,12 @@ class CifarResNet(nn.Module):
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        layers, in_planes = [], 16
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+        layers, in_channels = [], 16
+        for out_channels, stride in ((16, 1), (32, 2), (64, 2)):
             blocks = []
             for i in range(n):
-                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
-                in_planes = planes
+                blocks.append(BasicBlock(in_channels, out_channels, stride if i == 0 else 1))
+                in_channels = out_channels
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = layers
         self.linear = nn.Linear(64, num_classes)
@@ -65,12 +65,36 @@ class CifarResNet(nn.Module):
         return self.linear(out)
 
 
-def _make(depth):
-    @register(f"resnet{depth}", family="resnet_cifar")
-    def build(num_classes=10):
-        return CifarResNet(depth, num_classes)
-    return build
+@register
+def resnet8(num_classes=10):
+    return CifarResNet(8, num_classes)
 
 
-for _depth in (20, 32, 44, 56, 110, 1202):
-    _make(_depth)
+@register
+def resnet20(num_classes=10):
+    return CifarResNet(20, num_classes)
+
+
+@register
+def resnet32(num_classes=10):
+    return CifarResNet(32, num_classes)
+
+
+@register
+def resnet44(num_classes=10):
+    return CifarResNet(44, num_classes)
+
+
+@register
+def resnet56(num_classes=10):
+    return CifarResNet(56, num_classes)
+
+
+@register
+def resnet110(num_classes=10):
+    return CifarResNet(110, num_classes)
+
+
+@register
+def resnet1202(num_classes=10):
+    return CifarResNet(1202, num_classes)

@@ -10,22 +10,22 @@ import torch.nn as nn
 from . import register
 
 
-def _conv3x3(in_planes, planes, stride):
-    return nn.Conv2d(in_planes, planes, 3, stride, 1)
+def _conv3x3(in_channels, out_channels, stride):
+    return nn.Conv2d(in_channels, out_channels, 3, stride, 1)
 
 
 class GeneralizedResidualLayer(nn.Module):
-    def __init__(self, in_planes, planes, stride=1):
+    def __init__(self, in_channels, out_channels, stride=1):
         super().__init__()
-        self.r_to_r = _conv3x3(in_planes, planes, stride)
-        self.t_to_r = _conv3x3(in_planes, planes, stride)
-        self.r_to_t = _conv3x3(in_planes, planes, stride)
-        self.t_to_t = _conv3x3(in_planes, planes, stride)
-        self.bn_r = nn.BatchNorm2d(planes)
-        self.bn_t = nn.BatchNorm2d(planes)
+        self.r_to_r = _conv3x3(in_channels, out_channels, stride)
+        self.t_to_r = _conv3x3(in_channels, out_channels, stride)
+        self.r_to_t = _conv3x3(in_channels, out_channels, stride)
+        self.t_to_t = _conv3x3(in_channels, out_channels, stride)
+        self.bn_r = nn.BatchNorm2d(out_channels)
+        self.bn_t = nn.BatchNorm2d(out_channels)
         # Projection shortcut (with bias, as in the reference zoo) where the shape changes.
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride)
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride)
         else:
             self.shortcut = nn.Identity()
 
@@ -47,16 +47,17 @@ class ResNetInResNet(nn.Module):
         super().__init__()
         self.stem_r = self._stem(48)
         self.stem_t = self._stem(48)
-        layers, in_planes = [], 48
-        for planes, stride in self.BLOCKS:
+        layers, in_channels = [], 48
+        for out_channels, stride in self.BLOCKS:
             for i in range(self.LAYERS_PER_BLOCK):
-                layers.append(GeneralizedResidualLayer(in_planes, planes, stride if i == 0 else 1))
-                in_planes = planes
+                layers.append(
+                    GeneralizedResidualLayer(in_channels, out_channels, stride if i == 0 else 1))
+                in_channels = out_channels
         self.layers = nn.Sequential(*layers)
         # The reference zoo maps the concatenated streams (8x8) to one 3x3 map per class with an
         # unpadded strided convolution (it reports losses going to NaN without it), then an MLP.
         self.head_conv = nn.Sequential(
-            nn.Conv2d(2 * in_planes, num_classes, 3, 2),
+            nn.Conv2d(2 * in_channels, num_classes, 3, 2),
             nn.BatchNorm2d(num_classes),
             nn.ReLU(inplace=True),
         )
@@ -73,8 +74,9 @@ class ResNetInResNet(nn.Module):
                 nn.init.constant_(m.bias, 0.01)
 
     @staticmethod
-    def _stem(planes):
-        return nn.Sequential(_conv3x3(3, planes, 1), nn.BatchNorm2d(planes), nn.ReLU(inplace=True))
+    def _stem(out_channels):
+        return nn.Sequential(
+            _conv3x3(3, out_channels, 1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
     def forward(self, x):
         r, t = self.layers((self.stem_r(x), self.stem_t(x)))
@@ -82,6 +84,6 @@ class ResNetInResNet(nn.Module):
         return self.classifier(out.flatten(1))
 
 
-@register("rir")
+@register
 def rir(num_classes=10):
     return ResNetInResNet(num_classes)

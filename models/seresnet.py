@@ -2,13 +2,14 @@
 
 The residual branch is rescaled channel-wise by a gate computed from its own global average
 (reduction ratio 16) before it is added to the shortcut. As in the reference, convolutions keep
-their biases and the branch ends with a ReLU before the gate.
+their biases (the stem's too) and the branch ends with a ReLU before the gate.
 """
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import register
-from ._blocks_resnet import BASIC_DEPTHS, BOTTLENECK_DEPTHS, ResNetBackbone, conv_bn, projection_shortcut
+from ._blocks_resnet import ResNetBackbone, projection_shortcut
+from ._layers import conv_bn
 
 
 class SqueezeExcitation(nn.Module):
@@ -26,13 +27,13 @@ class SqueezeExcitation(nn.Module):
 class SEBasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_planes, planes, stride=1):
+    def __init__(self, in_channels, out_channels, stride=1):
         super().__init__()
         self.residual = nn.Sequential(
-            conv_bn(in_planes, planes, 3, stride, bias=True), nn.ReLU(inplace=True),
-            conv_bn(planes, planes, 3, 1, bias=True), nn.ReLU(inplace=True))
-        self.se = SqueezeExcitation(planes)
-        self.shortcut = projection_shortcut(in_planes, planes, stride, bias=True)
+            conv_bn(in_channels, out_channels, 3, stride, bias=True), nn.ReLU(inplace=True),
+            conv_bn(out_channels, out_channels, 3, 1, bias=True), nn.ReLU(inplace=True))
+        self.se = SqueezeExcitation(out_channels)
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride, bias=True)
 
     def forward(self, x):
         return F.relu(self.se(self.residual(x)) + self.shortcut(x))
@@ -41,32 +42,40 @@ class SEBasicBlock(nn.Module):
 class SEBottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, in_planes, planes, stride=1):
+    def __init__(self, in_channels, width, stride=1):
         super().__init__()
-        out_planes = planes * self.expansion
+        out_channels = width * self.expansion
         self.residual = nn.Sequential(
-            conv_bn(in_planes, planes, 1, 1, bias=True), nn.ReLU(inplace=True),
-            conv_bn(planes, planes, 3, stride, bias=True), nn.ReLU(inplace=True),
-            conv_bn(planes, out_planes, 1, 1, bias=True), nn.ReLU(inplace=True))
-        self.se = SqueezeExcitation(out_planes)
-        self.shortcut = projection_shortcut(in_planes, out_planes, stride, bias=True)
+            conv_bn(in_channels, width, 1, 1, bias=True), nn.ReLU(inplace=True),
+            conv_bn(width, width, 3, stride, bias=True), nn.ReLU(inplace=True),
+            conv_bn(width, out_channels, 1, 1, bias=True), nn.ReLU(inplace=True))
+        self.se = SqueezeExcitation(out_channels)
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride, bias=True)
 
     def forward(self, x):
         return F.relu(self.se(self.residual(x)) + self.shortcut(x))
 
 
-CONFIGS = {
-    **{depth: (SEBasicBlock, blocks) for depth, blocks in BASIC_DEPTHS.items()},
-    **{depth: (SEBottleneck, blocks) for depth, blocks in BOTTLENECK_DEPTHS.items()},
-}
+@register
+def seresnet18(num_classes=10):
+    return ResNetBackbone(SEBasicBlock, (2, 2, 2, 2), num_classes, stem_bias=True)
 
 
-def _make(depth, block, num_blocks):
-    @register(f"seresnet{depth}")
-    def build(num_classes=10):
-        return ResNetBackbone(block, num_blocks, num_classes, stem_bias=True)
-    return build
+@register
+def seresnet34(num_classes=10):
+    return ResNetBackbone(SEBasicBlock, (3, 4, 6, 3), num_classes, stem_bias=True)
 
 
-for _depth, (_block, _blocks) in CONFIGS.items():
-    _make(_depth, _block, _blocks)
+@register
+def seresnet50(num_classes=10):
+    return ResNetBackbone(SEBottleneck, (3, 4, 6, 3), num_classes, stem_bias=True)
+
+
+@register
+def seresnet101(num_classes=10):
+    return ResNetBackbone(SEBottleneck, (3, 4, 23, 3), num_classes, stem_bias=True)
+
+
+@register
+def seresnet152(num_classes=10):
+    return ResNetBackbone(SEBottleneck, (3, 8, 36, 3), num_classes, stem_bias=True)

@@ -9,36 +9,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import register
-
-
-def channel_shuffle(x, groups):
-    """View channels as (groups, n), transpose to (n, groups) and flatten: mixes the groups."""
-    b, c, h, w = x.shape
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-
-def _conv_bn(in_ch, out_ch, kernel_size, stride=1, groups=1):
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups),
-        nn.BatchNorm2d(out_ch),
-    )
+from ._layers import channel_shuffle, conv_bn
 
 
 class ShuffleUnit(nn.Module):
     """Grouped 1x1 -> shuffle -> depthwise 3x3 -> grouped 1x1, bottleneck width out/4.
 
     A unit that changes shape concatenates its branch with a 3x3-average-pooled input instead of
-    adding it, so its branch only produces the ``out_ch - in_ch`` new channels.
+    adding it, so its branch only produces the ``out_channels - in_channels`` new channels.
     """
 
-    def __init__(self, in_ch, out_ch, stride, groups):
+    def __init__(self, in_channels, out_channels, stride, groups):
         super().__init__()
-        mid = out_ch // 4
+        mid = out_channels // 4
         self.groups = groups
-        self.concat = stride != 1 or in_ch != out_ch
-        self.reduce = _conv_bn(in_ch, mid, 1, groups=groups)
-        self.depthwise = _conv_bn(mid, mid, 3, stride, groups=mid)
-        self.expand = _conv_bn(mid, out_ch - in_ch if self.concat else out_ch, 1, groups=groups)
+        self.concat = stride != 1 or in_channels != out_channels
+        self.reduce = conv_bn(in_channels, mid, 1, bias=True, groups=groups)
+        self.depthwise = conv_bn(mid, mid, 3, stride, bias=True, groups=mid)
+        branch_channels = out_channels - in_channels if self.concat else out_channels
+        self.expand = conv_bn(mid, branch_channels, 1, bias=True, groups=groups)
         self.shortcut = nn.AvgPool2d(3, stride, 1) if self.concat else nn.Identity()
 
     def forward(self, x):
@@ -52,16 +41,16 @@ class ShuffleUnit(nn.Module):
 class ShuffleNet(nn.Module):
     def __init__(self, widths, blocks, groups, num_classes=10, stem=24):
         super().__init__()
-        self.stem = nn.Sequential(_conv_bn(3, stem, 3), nn.ReLU(inplace=True))
-        stages, in_ch = [], stem
-        for width, n in zip(widths, blocks):
+        self.stem = nn.Sequential(conv_bn(3, stem, 3, bias=True), nn.ReLU(inplace=True))
+        stages, in_channels = [], stem
+        for out_channels, n in zip(widths, blocks):
             units = []
             for i in range(n):
-                units.append(ShuffleUnit(in_ch, width, 2 if i == 0 else 1, groups))
-                in_ch = width
+                units.append(ShuffleUnit(in_channels, out_channels, 2 if i == 0 else 1, groups))
+                in_channels = out_channels
             stages.append(nn.Sequential(*units))
         self.stages = nn.Sequential(*stages)
-        self.fc = nn.Linear(in_ch, num_classes)
+        self.fc = nn.Linear(in_channels, num_classes)
 
     def forward(self, x):
         out = self.stages(self.stem(x))
@@ -69,17 +58,6 @@ class ShuffleNet(nn.Module):
 
 
 # stage widths for g=3 (Table 1 of the paper); units per stage 4, 8, 4
-_CONFIGS = {
-    "shufflenet": dict(widths=(240, 480, 960), blocks=(4, 8, 4), groups=3),
-}
-
-
-def _make(name, cfg):
-    @register(name)
-    def build(num_classes=10):
-        return ShuffleNet(num_classes=num_classes, **cfg)
-    return build
-
-
-for _name, _cfg in _CONFIGS.items():
-    _make(_name, _cfg)
+@register
+def shufflenet(num_classes=10):
+    return ShuffleNet(widths=(240, 480, 960), blocks=(4, 8, 4), groups=3, num_classes=num_classes)

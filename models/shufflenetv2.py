@@ -8,20 +8,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import register
+from ._layers import channel_shuffle
 
 
-def channel_shuffle(x, groups):
-    b, c, h, w = x.shape
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-
-def _depthwise_then_pointwise(in_ch, out_ch, stride):
+def _depthwise_then_pointwise(in_channels, out_channels, stride):
     # the depthwise conv has no ReLU after it (paper, Fig. 3)
     return [
-        nn.Conv2d(in_ch, in_ch, 3, stride, 1, groups=in_ch),
-        nn.BatchNorm2d(in_ch),
-        nn.Conv2d(in_ch, out_ch, 1),
-        nn.BatchNorm2d(out_ch),
+        nn.Conv2d(in_channels, in_channels, 3, stride, 1, groups=in_channels),
+        nn.BatchNorm2d(in_channels),
+        nn.Conv2d(in_channels, out_channels, 1),
+        nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     ]
 
@@ -33,21 +29,21 @@ class ShuffleUnit(nn.Module):
     producing half of the output channels.
     """
 
-    def __init__(self, in_ch, out_ch, stride):
+    def __init__(self, in_channels, out_channels, stride):
         super().__init__()
-        self.split = stride == 1 and in_ch == out_ch
-        branch_in = in_ch // 2 if self.split else in_ch
-        half = out_ch // 2
+        self.split = stride == 1 and in_channels == out_channels
+        branch_channels = in_channels // 2 if self.split else in_channels
+        half = out_channels // 2
         self.residual = nn.Sequential(
-            nn.Conv2d(branch_in, branch_in, 1),
-            nn.BatchNorm2d(branch_in),
+            nn.Conv2d(branch_channels, branch_channels, 1),
+            nn.BatchNorm2d(branch_channels),
             nn.ReLU(inplace=True),
-            *_depthwise_then_pointwise(branch_in, half, stride),
+            *_depthwise_then_pointwise(branch_channels, half, stride),
         )
         if self.split:
             self.shortcut = nn.Identity()
         else:
-            self.shortcut = nn.Sequential(*_depthwise_then_pointwise(in_ch, half, stride))
+            self.shortcut = nn.Sequential(*_depthwise_then_pointwise(in_channels, half, stride))
 
     def forward(self, x):
         if self.split:
@@ -62,15 +58,16 @@ class ShuffleNetV2(nn.Module):
     def __init__(self, widths, blocks, head, num_classes=10, stem=24):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, padding=1), nn.BatchNorm2d(stem))
-        stages, in_ch = [], stem
-        for width, n in zip(widths, blocks):
+        stages, in_channels = [], stem
+        for out_channels, n in zip(widths, blocks):
             units = []
             for i in range(n):
-                units.append(ShuffleUnit(in_ch, width, 2 if i == 0 else 1))
-                in_ch = width
+                units.append(ShuffleUnit(in_channels, out_channels, 2 if i == 0 else 1))
+                in_channels = out_channels
             stages.append(nn.Sequential(*units))
         self.stages = nn.Sequential(*stages)
-        self.head = nn.Sequential(nn.Conv2d(in_ch, head, 1), nn.BatchNorm2d(head), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(
+            nn.Conv2d(in_channels, head, 1), nn.BatchNorm2d(head), nn.ReLU(inplace=True))
         self.fc = nn.Linear(head, num_classes)
 
     def forward(self, x):
@@ -79,17 +76,7 @@ class ShuffleNetV2(nn.Module):
 
 
 # the 1x width of the paper's Table 5; units per stage 4, 8, 4
-_CONFIGS = {
-    "shufflenetv2": dict(widths=(116, 232, 464), blocks=(4, 8, 4), head=1024),
-}
-
-
-def _make(name, cfg):
-    @register(name)
-    def build(num_classes=10):
-        return ShuffleNetV2(num_classes=num_classes, **cfg)
-    return build
-
-
-for _name, _cfg in _CONFIGS.items():
-    _make(_name, _cfg)
+@register
+def shufflenetv2(num_classes=10):
+    return ShuffleNetV2(widths=(116, 232, 464), blocks=(4, 8, 4), head=1024,
+                        num_classes=num_classes)

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from . import register
 
 
-def _conv_bn_relu(in_ch, out_ch, kernel_size):
+def _conv_bn_relu(in_channels, out_channels, kernel_size):
     return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
-        nn.BatchNorm2d(out_ch),
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+        nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
 
@@ -22,11 +22,11 @@ def _conv_bn_relu(in_ch, out_ch, kernel_size):
 class Fire(nn.Module):
     """1x1 squeeze, then 1x1 and 3x3 expands of out/2 channels each, concatenated."""
 
-    def __init__(self, in_ch, out_ch, squeeze_ch):
+    def __init__(self, in_channels, out_channels, squeeze_channels):
         super().__init__()
-        self.squeeze = _conv_bn_relu(in_ch, squeeze_ch, 1)
-        self.expand_1x1 = _conv_bn_relu(squeeze_ch, out_ch // 2, 1)
-        self.expand_3x3 = _conv_bn_relu(squeeze_ch, out_ch // 2, 3)
+        self.squeeze = _conv_bn_relu(in_channels, squeeze_channels, 1)
+        self.expand_1x1 = _conv_bn_relu(squeeze_channels, out_channels // 2, 1)
+        self.expand_3x3 = _conv_bn_relu(squeeze_channels, out_channels // 2, 3)
 
     def forward(self, x):
         s = self.squeeze(x)
@@ -39,15 +39,15 @@ class SqueezeNet(nn.Module):
         self.stem = nn.Sequential(_conv_bn_relu(3, stem, 3), nn.MaxPool2d(2, 2))
         self.fires = nn.ModuleList()
         self.bypass, self.pool_after = [], []
-        in_ch = stem
-        for out_ch, squeeze_ch, bypass, pool in fires:
-            if bypass and in_ch != out_ch:
+        in_channels = stem
+        for out_channels, squeeze_channels, bypass, pool in fires:
+            if bypass and in_channels != out_channels:
                 raise ValueError("an identity bypass needs equal input and output widths")
-            self.fires.append(Fire(in_ch, out_ch, squeeze_ch))
+            self.fires.append(Fire(in_channels, out_channels, squeeze_channels))
             self.bypass.append(bypass)
             self.pool_after.append(pool)
-            in_ch = out_ch
-        self.classifier = nn.Conv2d(in_ch, num_classes, 1)
+            in_channels = out_channels
+        self.classifier = nn.Conv2d(in_channels, num_classes, 1)
 
     def forward(self, x):
         out = self.stem(x)
@@ -60,21 +60,13 @@ class SqueezeNet(nn.Module):
 
 # (output channels, squeeze channels, identity bypass, max-pool after it) for fire2 ... fire9.
 # Simple bypass (paper, Fig. 2 middle) on fire3, 5, 7; the zoo leaves fire9 without one.
-_CONFIGS = {
-    "squeezenet": dict(fires=(
-        (128, 16, False, False), (128, 16, True, False), (256, 32, False, True),
-        (256, 32, True, False), (384, 48, False, False), (384, 48, True, False),
-        (512, 64, False, True), (512, 64, False, False),
-    )),
-}
+_FIRES = (
+    (128, 16, False, False), (128, 16, True, False), (256, 32, False, True),
+    (256, 32, True, False), (384, 48, False, False), (384, 48, True, False),
+    (512, 64, False, True), (512, 64, False, False),
+)
 
 
-def _make(name, cfg):
-    @register(name)
-    def build(num_classes=10):
-        return SqueezeNet(num_classes=num_classes, **cfg)
-    return build
-
-
-for _name, _cfg in _CONFIGS.items():
-    _make(_name, _cfg)
+@register
+def squeezenet(num_classes=10):
+    return SqueezeNet(_FIRES, num_classes)

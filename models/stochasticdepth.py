@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from . import register
-from ._blocks_resnet import BASIC_DEPTHS, BOTTLENECK_DEPTHS, BasicBlock, Bottleneck, ResNetBackbone
+from ._blocks_resnet import BasicBlock, Bottleneck, ResNetBackbone
 
 FINAL_SURVIVAL = 0.5
 
@@ -50,19 +50,22 @@ class StochasticDepthResNet(ResNetBackbone):
                 stage[i] = StochasticDepth(blk, next(survival))
 
 
-# depth -> (block, blocks per stage, conv bias); 152 is left out, as in the reference count table
-CONFIGS = {
-    **{depth: (BasicBlock, blocks, True) for depth, blocks in BASIC_DEPTHS.items()},
-    **{depth: (Bottleneck, BOTTLENECK_DEPTHS[depth], False) for depth in (50, 101)},
-}
+# no stochasticdepth152: the reference count table leaves it out
+@register
+def stochasticdepth18(num_classes=10):
+    return StochasticDepthResNet(BasicBlock, (2, 2, 2, 2), num_classes, bias=True)
 
 
-def _make(depth, block, num_blocks, bias):
-    @register(f"stochasticdepth{depth}")
-    def build(num_classes=10):
-        return StochasticDepthResNet(block, num_blocks, num_classes, bias)
-    return build
+@register
+def stochasticdepth34(num_classes=10):
+    return StochasticDepthResNet(BasicBlock, (3, 4, 6, 3), num_classes, bias=True)
 
 
-for _depth, (_block, _blocks, _bias) in CONFIGS.items():
-    _make(_depth, _block, _blocks, _bias)
+@register
+def stochasticdepth50(num_classes=10):
+    return StochasticDepthResNet(Bottleneck, (3, 4, 6, 3), num_classes, bias=False)
+
+
+@register
+def stochasticdepth101(num_classes=10):
+    return StochasticDepthResNet(Bottleneck, (3, 4, 23, 3), num_classes, bias=False)

@@ -20,16 +20,16 @@ CONFIGS = {
 class VGG(nn.Module):
     def __init__(self, stages, num_classes=10):
         super().__init__()
-        layers, in_planes = [], 3
+        layers, in_channels = [], 3
         for widths in stages:
-            for planes in widths:
-                layers += [nn.Conv2d(in_planes, planes, 3, padding=1), nn.BatchNorm2d(planes),
-                           nn.ReLU(inplace=True)]
-                in_planes = planes
+            for out_channels in widths:
+                layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1),
+                           nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+                in_channels = out_channels
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Linear(in_planes, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(in_channels, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
             nn.Linear(4096, 4096), nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes))
 
@@ -37,12 +37,21 @@ class VGG(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-def _make(depth, stages):
-    @register(f"vgg{depth}")
-    def build(num_classes=10):
-        return VGG(stages, num_classes)
-    return build
+@register
+def vgg11(num_classes=10):
+    return VGG(CONFIGS[11], num_classes)
 
 
-for _depth, _stages in CONFIGS.items():
-    _make(_depth, _stages)
+@register
+def vgg13(num_classes=10):
+    return VGG(CONFIGS[13], num_classes)
+
+
+@register
+def vgg16(num_classes=10):
+    return VGG(CONFIGS[16], num_classes)
+
+
+@register
+def vgg19(num_classes=10):
+    return VGG(CONFIGS[19], num_classes)

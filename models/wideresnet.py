@@ -11,18 +11,18 @@ from . import register
 
 
 class WideBlock(nn.Module):
-    def __init__(self, in_planes, planes, stride=1, dropout=0.5):
+    def __init__(self, in_channels, out_channels, stride=1, dropout=0.5):
         super().__init__()
         self.residual = nn.Sequential(
-            nn.BatchNorm2d(in_planes), nn.ReLU(inplace=True),
-            nn.Conv2d(in_planes, planes, 3, stride, 1),
-            nn.BatchNorm2d(planes), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, out_channels, 3, stride, 1),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
             # nn.Dropout draws from torch's RNG and is the identity in eval mode.
             nn.Dropout(dropout),
-            nn.Conv2d(planes, planes, 3, 1, 1),
+            nn.Conv2d(out_channels, out_channels, 3, 1, 1),
         )
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride)
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride)
         else:
             self.shortcut = nn.Identity()
 
@@ -39,18 +39,20 @@ class WideResNet(nn.Module):
             raise ValueError(f"Wide ResNet widen factor must be >= 1, got {widen_factor}")
         n = (depth - 4) // 6
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1)
-        groups, in_planes = [], 16
-        for planes, stride in ((16 * widen_factor, 1), (32 * widen_factor, 2), (64 * widen_factor, 2)):
+        groups, in_channels = [], 16
+        for base, stride in ((16, 1), (32, 2), (64, 2)):
+            out_channels = base * widen_factor
             blocks = []
             for i in range(n):
-                blocks.append(WideBlock(in_planes, planes, stride if i == 0 else 1, dropout))
-                in_planes = planes
+                blocks.append(
+                    WideBlock(in_channels, out_channels, stride if i == 0 else 1, dropout))
+                in_channels = out_channels
             groups.append(nn.Sequential(*blocks))
         self.groups = nn.Sequential(*groups)
         # Blocks are pre-activation, so the last block's output still needs its BN-ReLU (the
         # reference zoo applies only the BN; the ReLU of the paper adds no parameters).
-        self.bn = nn.BatchNorm2d(in_planes)
-        self.linear = nn.Linear(in_planes, num_classes)
+        self.bn = nn.BatchNorm2d(in_channels)
+        self.linear = nn.Linear(in_channels, num_classes)
 
     def forward(self, x):
         out = F.relu(self.bn(self.groups(self.conv1(x))))
@@ -68,20 +70,17 @@ def wide_resnet(depth, widen_factor, num_classes=10, dropout=0.5):
     return WideResNet(depth, widen_factor, num_classes, dropout)
 
 
-# name -> (depth, widen factor); "wideresnet" is the reference zoo's WRN-40-10
-CONFIGS = {
-    "wideresnet": (40, 10),
-    "wrn16_4": (16, 4),
-    "wrn28_10": (28, 10),
-}
+# "wideresnet" is the reference zoo's WRN-40-10
+@register
+def wideresnet(num_classes=10):
+    return wide_resnet(40, 10, num_classes)
 
 
-def _make(name, depth, widen_factor):
-    @register(name, family="wideresnet")
-    def build(num_classes=10):
-        return wide_resnet(depth, widen_factor, num_classes)
-    return build
+@register
+def wrn16_4(num_classes=10):
+    return wide_resnet(16, 4, num_classes)
 
 
-for _name, (_depth, _k) in CONFIGS.items():
-    _make(_name, _depth, _k)
+@register
+def wrn28_10(num_classes=10):
+    return wide_resnet(28, 10, num_classes)

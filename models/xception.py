@@ -92,6 +92,6 @@ class Xception(nn.Module):
         return self.fc(out)
 
 
-@register("xception")
+@register
 def xception(num_classes=10):
     return Xception(num_classes)

@@ -91,7 +91,7 @@ def walk_samples(tmp_path_factory):
 
 def test_streaming_basis_equals_in_memory_basis_and_float64_svd(walk_samples):
     model, k = _small_model(), 5
-    samples = utils.load_sample_matrix(str(walk_samples), model, 0, 9, "small")
+    samples = utils.load_sample_matrix(str(walk_samples), model, range(9), "small")
     paths = [utils.sample_path(str(walk_samples), e) for e in range(9)]
     ref, ref_ratios = utils.subspace_basis(samples, k)
     # 2 MB: two read blocks, split inside a parameter, each in many float64 chunks
@@ -171,36 +171,47 @@ def test_params_step_uses_every_sth_sample(walk_samples, tmp_path):
         (tmp_path / f"{e}.pt").write_bytes(b"")
     argv = ["--datasets", "DIGITS", "--device", "cpu", "--save-dir", str(tmp_path),
             "--params_end", "7", "--params-step", "2"]
+
+    def check(args):
+        utils.check_subspace_run(
+            args.save_dir, arch=args.arch, datasets=args.datasets, data_root=args.data_root,
+            corrupt=args.corrupt, smalldatasets=args.smalldatasets, randomseed=args.randomseed,
+            params_start=args.params_start, params_end=args.params_end,
+            params_step=args.params_step, n_components=args.n_components, basis=args.basis,
+            resume=args.resume, checkpoint_name="checkpoint_psgd.pt")
+
     args = train_psgd.build_parser().parse_args(argv + ["--n_components", "3"])
-    utils.validate_subspace_args(args, "checkpoint_psgd.pt")
-    assert utils.subspace_sample_epochs(args) == [0, 2, 4, 6]
-    assert utils.describe_sample_epochs(args) == "0..6 step 2"
+    check(args)
+    epochs = utils.sample_epochs(args.params_start, args.params_end, args.params_step)
+    assert epochs == [0, 2, 4, 6]
+    assert utils.describe_sample_epochs(epochs, 2) == "0..6 step 2"
     too_many = train_psgd.build_parser().parse_args(argv + ["--n_components", "4"])
     with pytest.raises(utils.UsageError, match=r"--n_components 4: 4 samples \(0..6 step 2\) span "
                                                r"at most 3 directions.*smaller --params_step"):
-        utils.validate_subspace_args(too_many, "checkpoint_psgd.pt")
+        check(too_many)
     unstepped = train_psgd.build_parser().parse_args(argv[:-2] + ["--n_components", "3"])
     with pytest.raises(utils.UsageError, match="sample 1.pt is missing"):
-        utils.validate_subspace_args(unstepped, "checkpoint_psgd.pt")
-    # the matrix prepare_subspace_run builds: rows 0, 3, 6 of the full one
+        check(unstepped)
+    # the matrix the scripts build: rows 0, 3, 6 of the full one
     model = _small_model()
-    full = utils.load_sample_matrix(str(walk_samples), model, 0, 9, "small")
-    stepped = utils.load_sample_matrix(str(walk_samples), model, 0, 9, "small", step=3)
+    full = utils.load_sample_matrix(str(walk_samples), model, range(9), "small")
+    stepped = utils.load_sample_matrix(str(walk_samples), model, range(0, 9, 3), "small")
     assert torch.equal(stepped, full[[0, 3, 6]])
 
 
-def test_prepare_subspace_run_streams_large_or_flagged_sample_sets(tmp_path, monkeypatch, capsys):
-    import train_psgd
-    argv = ["--datasets", "DIGITS", "--device", "cpu", "--save-dir", str(tmp_path), "--arch",
-            "resnet20", "--params_end", "7", "--params_step", "3", "--n_components", "2"]
-    args = train_psgd.build_parser().parse_args(argv)
-    assert not args.streaming_basis
-    assert train_psgd.build_parser().parse_args(argv + ["--streaming-basis"]).streaming_basis
-    _write_walk(utils.build_model(args, 10, "cpu"), tmp_path, 7)
-    device = utils.validate_subspace_args(args, "checkpoint_psgd.pt")
-    in_memory = utils.prepare_subspace_run(args, device)[1]
-    assert "DLDR basis: 2 directions from 3 samples 0..6 step 3" in capsys.readouterr().out
-    monkeypatch.setattr(utils, "STREAMING_BASIS_BYTES", 0)  # as if the samples were > 2 GiB
-    streamed = utils.prepare_subspace_run(args, device)[1]
-    assert "DLDR basis (streaming): 2 directions" in capsys.readouterr().out
-    assert streamed.dtype == in_memory.dtype and (streamed - in_memory).abs().max() < 1e-6
+def test_large_or_flagged_sample_sets_stream(tmp_path, monkeypatch):
+    import dldr.subspace
+    model = utils.build_model("resnet20", "DIGITS", 10, torch.device("cpu"))
+    _write_walk(model, tmp_path, 7)
+    epochs = utils.sample_epochs(0, 7, 3)
+    samples = utils.load_samples(str(tmp_path), epochs, model, "resnet20")
+    assert torch.is_tensor(samples) and samples.shape[0] == 3
+    in_memory, ratios = utils.trajectory_basis(samples, 2, torch.device("cpu"))
+    flagged = utils.load_samples(str(tmp_path), epochs, model, "resnet20", streaming=True)
+    monkeypatch.setattr(dldr.subspace, "STREAMING_BASIS_BYTES", 0)  # as if the samples were > 2 GiB
+    large = utils.load_samples(str(tmp_path), epochs, model, "resnet20")
+    for files in (flagged, large):
+        assert not torch.is_tensor(files) and len(files) == 3
+        streamed, streamed_ratios = utils.trajectory_basis(files, 2, torch.device("cpu"))
+        assert streamed.dtype == torch.float32 and (streamed.double() - in_memory).abs().max() < 1e-6
+        assert streamed_ratios == pytest.approx(ratios, rel=1e-9)

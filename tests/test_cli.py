@@ -106,7 +106,7 @@ def test_help_of_each_script_lists_the_authors_flags():
 
 def test_importing_the_scripts_parses_nothing_and_writes_nothing(tmp_path):
     code = ("import sys; sys.argv = ['x', '--bogus']; import train_sgd, train_pbfgs, train_psgd; "
-            "print(train_pbfgs.PBFGS.__name__, train_psgd.project_gradients_.__name__)")
+            "print(train_pbfgs.PBFGS.__name__, train_psgd.utils.project_gradients_.__name__)")
     import subprocess
     import sys
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,

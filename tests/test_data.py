@@ -1,5 +1,4 @@
 """Datasets, label noise and the device augmentation path."""
-import argparse
 import hashlib
 import json
 import pickle
@@ -13,13 +12,6 @@ import torchvision.transforms.functional as TF
 import utils
 
 
-def data_args(tmp_path, **kw):
-    base = dict(datasets="DIGITS", data_root=str(tmp_path / "data"), smalldatasets=None, corrupt=0.0,
-                randomseed=1, save_dir=str(tmp_path), batch_size=64, loader="memory", workers=0)
-    base.update(kw)
-    return argparse.Namespace(**base)
-
-
 def test_digits_is_a_fixed_stratified_1437_360_split():
     train, test = utils.load_digits(True), utils.load_digits(False)
     assert len(train) == 1437 and len(test) == 360
@@ -30,16 +22,14 @@ def test_digits_is_a_fixed_stratified_1437_360_split():
     assert torch.equal(test.images, again.images) and torch.equal(test.labels, again.labels)
 
 
-def test_digits_without_sklearn_import_equals_sklearns_data_and_split():
-    """utils reads the bundled file itself and keeps the split as a frozen mask: both must be
-    what scikit-learn's load_digits and train_test_split(stratify, random_state=0) give."""
+def test_digits_split_is_sklearns_train_test_split():
+    """The split is frozen as a mask so that it does not change with scikit-learn's version: it
+    must be what load_digits and train_test_split(stratify, random_state=0) give."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     ref = load_digits()
-    images, labels = utils.digits_arrays()
-    assert np.array_equal(images, ref.images) and np.array_equal(labels, ref.target)
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=360,
+    train_idx, test_idx = train_test_split(np.arange(len(ref.target)), test_size=360,
                                            stratify=ref.target, random_state=0)
     for train, idx in ((True, train_idx), (False, test_idx)):
         ours = utils.load_digits(train).labels
@@ -69,22 +59,24 @@ def test_noisy_labels_fraction_uniformity_and_determinism():
 
 
 def test_noise_record_written_and_checked(tmp_path):
-    args = data_args(tmp_path, corrupt=0.2)
-    train, _ = utils.load_data(args, write_noise_record=True)
+    train, _ = utils.load_data("DIGITS", None, corrupt=0.2, seed=1)
+    utils.save_noise_record(str(tmp_path), train.noise)
     record = json.load(open(tmp_path / "noisy_labels.json"))
     clean = utils.load_digits(True).labels
     changed = torch.nonzero(train.labels != clean).flatten().tolist()
     assert set(changed) <= set(record["indices"]) and len(record["indices"]) == round(0.2 * 1437)
     assert record["changed"] == len(changed)
     # The other scripts recompute the same labels and check them against the record.
-    train2, _ = utils.load_data(args)
+    train2, _ = utils.load_data("DIGITS", None, corrupt=0.2, seed=1)
     assert torch.equal(train.labels, train2.labels)
+    utils.check_noise_record(str(tmp_path), train2.noise)
+    other, _ = utils.load_data("DIGITS", None, corrupt=0.2, seed=2)
     with pytest.raises(utils.UsageError, match="noisy labels"):
-        utils.load_data(data_args(tmp_path, corrupt=0.2, randomseed=2))
+        utils.check_noise_record(str(tmp_path), other.noise)
 
 
-def test_smalldatasets_takes_the_first_fraction(tmp_path):
-    train, _ = utils.load_data(data_args(tmp_path, smalldatasets=0.25))
+def test_smalldatasets_takes_the_first_fraction():
+    train, _ = utils.load_data("DIGITS", None, smalldatasets=0.25)
     full = utils.load_digits(True)
     assert len(train) == int(1437 * 0.25)
     assert torch.equal(train.images, full.images[:len(train)])
@@ -173,8 +165,8 @@ def test_cifar_through_torchvision_on_a_small_archive(tmp_path, monkeypatch, cif
     monkeypatch.setattr(cls, "test_list", [[test_name, written[test_name]]])
     monkeypatch.setattr(cls, "meta", {"filename": meta_name, "key": key, "md5": written[meta_name]})
     name = "CIFAR100" if cifar100 else "CIFAR10"
-    args = data_args(tmp_path, datasets=name, corrupt=0.5)
-    train, test = utils.load_data(args, write_noise_record=True)
+    train, test = utils.load_data(name, str(tmp_path / "data"), corrupt=0.5, seed=1)
+    utils.save_noise_record(str(tmp_path), train.noise)
     assert len(train) == 50 and len(test) == 20 and train.num_classes == (100 if cifar100 else 10)
     assert torch.equal(train.images, torch.from_numpy(x.reshape(-1, 3, 32, 32)))
     assert train.augment and not test.augment
@@ -187,23 +179,21 @@ def test_cifar_through_torchvision_on_a_small_archive(tmp_path, monkeypatch, cif
     untouched = np.setdiff1d(np.arange(50), record["indices"])
     assert torch.equal(train.labels[untouched], clean[untouched])
     # Batches are normalised with the dataset's statistics and augmented.
-    loader = utils.make_loader(train, args, torch.device("cpu"), shuffle=True, seed=0)
+    loader = utils.make_loader(train, 64, torch.device("cpu"), shuffle=True, seed=0)
     xb, yb = next(iter(loader))
     assert xb.shape == (50, 3, 32, 32) and xb.dtype == torch.float32
 
 
 def test_cifar_without_archive_or_network_is_one_clear_error(tmp_path):
-    args = data_args(tmp_path, datasets="CIFAR10", data_root=str(tmp_path / "nothing"))
     with pytest.raises(utils.UsageError, match="--data-root"):
-        utils.load_data(args)
+        utils.load_data("CIFAR10", str(tmp_path / "nothing"))
 
 
 def test_dataloader_path_matches_memory_path_without_augmentation():
     data = utils.load_digits(False)
-    args = argparse.Namespace(batch_size=100, loader="dataloader", workers=0)
-    dl = [x for x, _ in utils.make_loader(data, args, torch.device("cpu"), shuffle=False)]
-    args.loader = "memory"
-    mem = [x for x, _ in utils.make_loader(data, args, torch.device("cpu"), shuffle=False)]
+    cpu = torch.device("cpu")
+    dl = [x for x, _ in utils.make_loader(data, 100, cpu, False, kind="dataloader", workers=0)]
+    mem = [x for x, _ in utils.make_loader(data, 100, cpu, False, kind="memory")]
     assert len(dl) == len(mem)
     for a, b in zip(dl, mem):
         assert torch.allclose(a, b, atol=1e-5)

@@ -1,7 +1,7 @@
-"""The three scripts under torchrun: 2 processes, Gloo, on DIGITS.
+"""The three scripts under torchrun: 2 processes, Gloo, on DIGITS, in one launch.
 
-Each run goes through tests/torchrun_audit.py, which records the files every rank touches and
-saves every rank's final parameters.
+The launch goes through tests/torchrun_audit.py, which runs SGD, then P-BFGS, then P-SGD in the
+same two workers, records the files every rank touches and saves every rank's final parameters.
 """
 import json
 import os
@@ -17,22 +17,32 @@ import models
 import train_pbfgs
 import utils
 
-DATA = ["--datasets", "DIGITS", "--arch", "resnet20", "--device", "cpu", "--smalldatasets", "0.05",
+DATA = ["--datasets", "DIGITS", "--arch", "resnet8", "--device", "cpu", "--smalldatasets", "0.05",
         "--print-freq", "1"]
 SUB = ["--params_end", "3", "--n_components", "2"]
+# float64, so that comparing with one process is not drowned in float32 rounding of an
+# ill-conditioned gradient
+PBFGS = [*DATA, *SUB, "--epochs", 1, "--batch-size", 64, "--dtype", "float64"]
 
 
-def torchrun(tmp_path, name, script, *args):
-    """Run ``script`` with 2 processes; returns (stdout, audit dir)."""
-    audit = tmp_path / f"audit_{name}"
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory):
+    """One torchrun launch, 2 processes: SGD sampling, then P-BFGS and P-SGD on its samples."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    save, audit = tmp / "save", tmp / "audit"
     audit.mkdir()
+    scripts = [["train_sgd.py", *DATA, "--epochs", 2, "--lr", 0.05, "--batch-size", 32,
+                "--save-dir", save],
+               ["train_pbfgs.py", *PBFGS, "--save-dir", save, "--output-tag", "two"],
+               ["train_psgd.py", *DATA, *SUB, "--epochs", 1, "--batch-size", 32, "--lr", 0.3,
+                "--save-dir", save]]
+    argv = [str(a) for run in scripts for a in [*run, ":::"]][:-1]
     env = dict(os.environ, DLDR_AUDIT_DIR=str(audit), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc_per_node", "2", os.path.join(ROOT, "tests", "torchrun_audit.py"),
-                          script, *map(str, args)],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+                          *argv], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    return out.stdout, audit
+    return save, out.stdout, audit
 
 
 def files_written(audit, rank):
@@ -43,35 +53,31 @@ def files_written(audit, rank):
     return [line for line in lines if line.split(" ", 1)[1].startswith(str(audit.parent))]
 
 
-def check_ranks(audit, stdout, done_line):
-    """Only rank 0 wrote files and printed; both ranks hold bit-identical parameters."""
-    assert files_written(audit, 1) == []
-    assert files_written(audit, 0), "rank 0 wrote nothing"
-    assert stdout.count(done_line) == 1, stdout[-2000:]
-    p0, p1 = (torch.load(audit / f"params_rank{r}.pt", weights_only=True) for r in (0, 1))
+def final_params(audit, run):
+    """Both ranks' parameters after script ``run``: bit-identical."""
+    p0, p1 = (torch.load(audit / f"params_rank{r}_{run}.pt", weights_only=True) for r in (0, 1))
     assert torch.equal(p0, p1)
     return p0
 
 
-@pytest.fixture(scope="module")
-def ddp_samples(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ddp")
-    save = tmp / "save"
-    stdout, audit = torchrun(tmp, "sgd", "train_sgd.py", *DATA, "--epochs", 2, "--lr", 0.05,
-                             "--batch-size", 32, "--save-dir", save)
-    return tmp, save, stdout, audit
-
-
-def test_sgd_under_torchrun(ddp_samples):
-    tmp, save, stdout, audit = ddp_samples
-    params = check_ranks(audit, stdout, "=> SGD done")
-    assert "2 processes" in stdout
-    state = utils.load_state(str(save / "2.pt"))
-    names = [n for n, _ in models.build("resnet20", 10).named_parameters()]
-    assert torch.equal(params, torch.cat([state[n].reshape(-1) for n in names]))
+def test_only_rank_0_writes_and_prints(launch):
+    save, stdout, audit = launch
+    assert files_written(audit, 1) == []
     written = {os.path.basename(line.split(" ", 1)[1]) for line in files_written(audit, 0)
                if line.startswith("replace")}
-    assert {"0.pt", "1.pt", "2.pt", "run.json", "results_sgd.json", "checkpoint.pt"} <= written
+    assert {"0.pt", "1.pt", "2.pt", "run.json", "results_sgd.json", "checkpoint.pt",
+            "results_pbfgs_two.json", "PBFGS_two.pt", "results_psgd.json", "PSGD.pt"} <= written
+    for done in ("=> SGD done", "=> P-BFGS done", "=> P-SGD done"):
+        assert stdout.count(done) == 1, stdout[-2000:]
+
+
+def test_sgd_under_torchrun(launch):
+    save, stdout, audit = launch
+    params = final_params(audit, 0)
+    assert "2 processes" in stdout
+    state = utils.load_state(str(save / "2.pt"))
+    names = [n for n, _ in models.build("resnet8", 10).named_parameters()]
+    assert torch.equal(params, torch.cat([state[n].reshape(-1) for n in names]))
     run = json.loads((save / "run.json").read_text())
     assert run["processes"] == 2
     results = json.loads((save / "results_sgd.json").read_text())
@@ -79,15 +85,12 @@ def test_sgd_under_torchrun(ddp_samples):
     assert results["epochs"][-1]["train_loss"] > 0 and len(results["epochs"]) == 3
 
 
-def test_pbfgs_two_processes_match_one(ddp_samples):
-    """Same global batch: the 2-process P-BFGS run is the 1-process run (float64, so the
-    comparison is not drowned in float32 rounding of an ill-conditioned gradient)."""
-    tmp, save, _, _ = ddp_samples
-    args = [*DATA, *SUB, "--epochs", 1, "--batch-size", 64, "--dtype", "float64",
-            "--save-dir", save]
-    stdout, audit = torchrun(tmp, "pbfgs", "train_pbfgs.py", *args, "--output-tag", "two")
-    params2 = check_ranks(audit, stdout, "=> P-BFGS done")
-    model = utils.run_main(train_pbfgs.main, [*map(str, args), "--output-tag", "one"])
+def test_pbfgs_two_processes_match_one(launch):
+    """Same global batch: the 2-process P-BFGS run is the 1-process run."""
+    save, _, audit = launch
+    params2 = final_params(audit, 1)
+    model = utils.run_main(train_pbfgs.main, [*map(str, PBFGS), "--save-dir", str(save),
+                                              "--output-tag", "one"])
     params1 = torch.cat([p.detach().reshape(-1) for p in utils.trainable_parameters(model)])
     one, two = (json.loads((save / f"results_pbfgs_{t}.json").read_text())["epochs"]
                 for t in ("one", "two"))
@@ -104,10 +107,8 @@ def test_pbfgs_two_processes_match_one(ddp_samples):
                                  model.named_parameters()])).abs().max() > 1e-3
 
 
-def test_psgd_under_torchrun(ddp_samples):
-    tmp, save, _, _ = ddp_samples
-    stdout, audit = torchrun(tmp, "psgd", "train_psgd.py", *DATA, *SUB, "--epochs", 1,
-                             "--batch-size", 32, "--lr", 0.3, "--save-dir", save)
-    check_ranks(audit, stdout, "=> P-SGD done")
+def test_psgd_under_torchrun(launch):
+    save, _, audit = launch
+    final_params(audit, 2)
     results = json.loads((save / "results_psgd.json").read_text())
     assert all(torch.isfinite(torch.tensor(e["test_loss"])) for e in results["epochs"])

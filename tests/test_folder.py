@@ -1,5 +1,4 @@
 """--datasets ImageNet / folder: an ImageFolder of generated JPEGs through the real scripts."""
-import argparse
 import json
 import math
 import os
@@ -11,7 +10,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 import utils
-from conftest import run_here, run_script
+from conftest import run_here
 
 CLASSES = ("ant", "bee", "cat")
 ARCH = "shufflenet_v2_x0_5"  # torchvision's cheapest ImageNet model: 224x224 inputs on 2 CPU cores
@@ -35,16 +34,8 @@ def image_folder(tmp_path_factory):
     return str(make_image_folder(tmp_path_factory.mktemp("folder") / "data"))
 
 
-def data_args(root, tmp_path, **kw):
-    base = dict(datasets="folder", data_root=root, smalldatasets=None, corrupt=0.0, randomseed=1,
-                save_dir=str(tmp_path), batch_size=4, loader="memory", workers=0)
-    base.update(kw)
-    return argparse.Namespace(**base)
-
-
 def test_imagenet_reads_the_folders_as_224_crops_with_the_folder_classes(image_folder, tmp_path):
-    args = data_args(image_folder, tmp_path, datasets="ImageNet", corrupt=0.5)
-    train, test = utils.load_data(args)
+    train, test = utils.load_data("ImageNet", image_folder, corrupt=0.5, seed=1)
     assert train.classes == list(CLASSES) and train.num_classes == 3
     assert utils.folder_classes("ImageNet", image_folder) == list(CLASSES)  # without a scan
     assert len(train) == 12 and len(test) == 3
@@ -52,12 +43,12 @@ def test_imagenet_reads_the_folders_as_224_crops_with_the_folder_classes(image_f
     clean = torch.arange(3).repeat_interleave(4)
     assert torch.equal(train.labels, utils.noisy_labels(clean, 0.5, 3, 1)[0])  # --corrupt applies
     cpu = torch.device("cpu")
-    train_loader = utils.make_loader(train, args, cpu, shuffle=True, seed=1)  # --loader memory
+    train_loader = utils.make_loader(train, 4, cpu, True, workers=0, seed=1)  # --loader memory
     assert isinstance(train_loader.generator, torch.Generator)  # checkpointed on resume
     x, y = next(iter(train_loader))
     assert x.shape == (4, 3, 224, 224) and x.dtype == torch.float32
     assert y.dtype == torch.int64 and set(y.tolist()) <= {0, 1, 2}
-    test_loader = utils.make_loader(test, args, cpu, shuffle=False)
+    test_loader = utils.make_loader(test, 4, cpu, False, workers=0)
     (a, ya), = list(test_loader)
     (b, _), = list(test_loader)
     assert a.shape == (3, 3, 224, 224) and torch.equal(a, b)  # eval: Resize + CenterCrop, no noise
@@ -100,14 +91,13 @@ def test_folder_layout_errors_name_data_root(tmp_path):
     utils.check_arch_name("resnet20", "CIFAR10")
 
 
-def test_folder_end_to_end_sgd_pbfgs_psgd(image_folder, tmp_path):
+def test_folder_end_to_end_sgd_pbfgs_psgd(image_folder, tmp_path, capsys):
     save = tmp_path / "run"
     # --smalldatasets 0.25: one image per class, one batch per epoch (and the option exercised)
     common = ["--datasets", "folder", "--data-root", image_folder, "--arch", ARCH, "--workers", 0,
               "--device", "cpu", "--save-dir", save, "--smalldatasets", 0.25]
-    out = run_script("train_sgd.py", *common, "--epochs", 2, "--batch-size", 3, "--lr", 0.01)
-    assert out.returncode == 0, out.stderr
-    assert "folder (3 train / 3 test, 3 classes)" in out.stdout
+    assert run_here("train_sgd.py", *common, "--epochs", 2, "--batch-size", 3, "--lr", 0.01) == 0
+    assert "folder (3 train / 3 test, 3 classes)" in capsys.readouterr().out
     model = utils.new_model(ARCH, "folder", 3)
     for e in range(3):
         state = torch.load(save / f"{e}.pt", map_location="cpu", weights_only=True)
@@ -117,7 +107,6 @@ def test_folder_end_to_end_sgd_pbfgs_psgd(image_folder, tmp_path):
     assert json.load(open(save / "run.json"))["num_classes"] == 3
     assert len(json.load(open(save / "results_sgd.json"))["epochs"]) == 3
 
-    # The subspace steps in this interpreter (the SGD step above went through the command line).
     sub = [*common, "--params_end", 3, "--n_components", 2, "--epochs", 1, "--batch-size", 3]
     assert run_here("train_pbfgs.py", *sub) == 0
     assert run_here("train_psgd.py", *sub, "--lr", 0.01) == 0

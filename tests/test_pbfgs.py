@@ -7,9 +7,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import dldr.distributed
+import train_pbfgs
 import utils
-from train_pbfgs import PBFGS
-from train_psgd import project_gradients_
+from utils import PBFGS, FlatParameters, project_gradients_
+
+vector = torch.nn.utils.parameters_to_vector
 
 
 class TinyNet(nn.Module):
@@ -34,6 +37,21 @@ def make_problem(seed=0, k=5, n_batches=6, batch=16):
     batches = [(torch.randn(batch, 3, 8, 8, dtype=torch.float64), torch.randint(4, (batch,)))
                for _ in range(n_batches)]
     return model, basis, batches
+
+
+def pbfgs_step(opt, model, x, y, criterion=F.cross_entropy):
+    """One P-BFGS step on one batch through a closure in torch.optim's convention."""
+    def closure():
+        opt.zero_grad()
+        loss = criterion(model(x), y)
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+    return opt.step(closure).item()
+
+
+def new_pbfgs(model, basis, **kw):
+    return PBFGS(model.parameters(), basis, buffers=model.buffers(), **kw)
 
 
 def params_of(model):
@@ -111,10 +129,10 @@ def rel_err(a, b):
 def test_pbfgs_matches_float64_reference_step_by_step(alpha):
     model, basis, batches = make_problem()
     ref_model = copy.deepcopy(model)
-    opt = PBFGS(model, basis, alpha=alpha)
+    opt = new_pbfgs(model, basis, alpha=alpha)
     ref = ReferencePBFGS(ref_model, basis, F.cross_entropy, alpha=alpha)
     for x, y in batches:
-        loss = opt.step(x, y)
+        loss = pbfgs_step(opt, model, x, y)
         ref_loss = ref.step(x, y)
         assert loss == pytest.approx(ref_loss, rel=1e-12)
         assert rel_err(params_of(model), params_of(ref_model)) < 1e-9
@@ -140,11 +158,12 @@ class FailingTrials:
 def test_pbfgs_takes_the_last_shrunken_step_when_every_try_fails():
     model, basis, batches = make_problem(seed=1, n_batches=3)
     ref_model = copy.deepcopy(model)
-    opt = PBFGS(model, basis, criterion=FailingTrials(21))
+    opt = new_pbfgs(model, basis)
     ref = ReferencePBFGS(ref_model, basis, FailingTrials(21))
+    failing = FailingTrials(21)
     for x, y in batches:
         w_before = params_of(model)
-        opt.step(x, y)
+        pbfgs_step(opt, model, x, y, failing)
         ref.step(x, y)
         assert rel_err(params_of(model), params_of(ref_model)) < 1e-9
         assert np.abs(params_of(model) - w_before).max() > 0  # the tiny step is still taken
@@ -155,10 +174,10 @@ def test_pbfgs_shrinks_when_the_full_step_is_too_long():
     model, basis, batches = make_problem(seed=2, n_batches=4)
     ref_model = copy.deepcopy(model)
     scaled = lambda out, y: 300.0 * F.cross_entropy(out, y)  # huge gradient: d = -g overshoots
-    opt = PBFGS(model, basis, criterion=scaled)
+    opt = new_pbfgs(model, basis)
     ref = ReferencePBFGS(ref_model, basis, scaled)
     for x, y in batches:
-        opt.step(x, y)
+        pbfgs_step(opt, model, x, y, scaled)
         ref.step(x, y)
         assert rel_err(params_of(model), params_of(ref_model)) < 1e-9
     assert opt.search_steps == ref.shrinks
@@ -167,32 +186,41 @@ def test_pbfgs_shrinks_when_the_full_step_is_too_long():
 
 def test_pbfgs_skips_non_finite_curvature_pairs():
     model, basis, batches = make_problem(seed=3, n_batches=2)
-    messages = []
-    opt = PBFGS(model, basis, log=messages.append)
-    opt.step(*batches[0])
-    opt.g_last = torch.full_like(opt.g_last, float("nan"))
+    opt = new_pbfgs(model, basis)
+    pbfgs_step(opt, model, *batches[0])
+    opt.state[next(model.parameters())]["g_last"].fill_(float("nan"))
     H_before = opt.H.clone()
-    opt.step(*batches[1])
-    assert opt.skipped_pairs == 1 and "non-finite" in messages[0]
+    pbfgs_step(opt, model, *batches[1])
+    assert opt.skipped_pairs == 1
     assert torch.equal(opt.H, H_before)
-    assert torch.isfinite(utils.flat_params(model)).all()
+    assert torch.isfinite(vector(model.parameters())).all()
+
+
+def _train_pbfgs_epoch(model, basis, batches, accumulate, alpha=0.0):
+    """train_pbfgs's own epoch (closure, accumulation, shares) over ``batches`` as the loader."""
+    flat = FlatParameters(model)
+    opt = PBFGS(flat.params, basis, buffers=model.buffers(), alpha=alpha)
+    progress = utils.EpochProgress(0, -(-len(batches) // accumulate), 10 ** 6)
+    train_pbfgs.train_epoch(model, flat, opt, batches, progress, accumulate, None, lambda: None)
+    return opt, progress
 
 
 def test_accumulated_gradient_is_the_average():
     model, basis, batches = make_problem(seed=4, n_batches=3)
     ref_model = copy.deepcopy(model)
-    opt = PBFGS(model, basis)
-    loss = opt.step_accumulated(batches)
+    opt, progress = _train_pbfgs_epoch(model, basis, batches, accumulate=3)
     # The reference: average the gradients, then one update with the last batch's loss.
     grads = []
     for x, y in batches:
         ref_model.zero_grad()
         F.cross_entropy(ref_model(x), y).backward()
-        grads.append(utils.flat_grad(ref_model).clone())
+        grads.append(torch.cat([p.grad.reshape(-1) for p in ref_model.parameters()]))
     g = torch.stack(grads).mean(0)
-    assert torch.allclose(opt.g_last, basis @ g, rtol=1e-10, atol=1e-13)
-    assert loss == pytest.approx(F.cross_entropy(copy.deepcopy(ref_model).train()(batches[-1][0]),
-                                                 batches[-1][1]).item(), rel=1e-6)
+    state = opt.state[next(model.parameters())]
+    assert len(opt.search_steps) == 1
+    assert torch.allclose(state["g_last"], basis @ g, rtol=1e-10, atol=1e-13)
+    last = F.cross_entropy(copy.deepcopy(ref_model).train()(batches[-1][0]), batches[-1][1]).item()
+    assert progress.loss == pytest.approx(last, rel=1e-6)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.05])
@@ -203,56 +231,69 @@ def test_sums_over_processes_are_each_taken_once(monkeypatch, alpha):
     coordinates (alpha 0), the whole gradient (alpha != 0), accumulation and the line search."""
     model, basis, batches = make_problem(seed=6, n_batches=4)
     twin = copy.deepcopy(model)
-    one = PBFGS(model, basis, alpha=alpha)
-    losses_one = [one.step_accumulated(batches[i:i + 2]) for i in (0, 2)]
+    one, _ = _train_pbfgs_epoch(model, basis, batches, accumulate=2, alpha=alpha)
     monkeypatch.setattr(utils, "global_batch_share", lambda n, device: 0.5)
-    monkeypatch.setattr(utils, "all_reduce_sum_", lambda t: t.mul_(2))
-    two = PBFGS(twin, basis, alpha=alpha)
-    losses_two = [two.step_accumulated(batches[i:i + 2]) for i in (0, 2)]
-    assert losses_two == losses_one
+    monkeypatch.setattr(dldr.distributed, "all_reduce_sum_", lambda t: t.mul_(2))
+    two, _ = _train_pbfgs_epoch(twin, basis, batches, accumulate=2, alpha=alpha)
+    assert one.search_steps == two.search_steps and len(one.search_steps) == 2
     assert torch.equal(one.H, two.H) and not torch.equal(one.H, torch.eye(len(basis), dtype=one.H.dtype))
-    assert torch.equal(utils.flat_params(twin), utils.flat_params(model))
+    assert torch.equal(vector(twin.parameters()), vector(model.parameters()))
 
 
 def test_pbfgs_state_round_trip():
     model, basis, batches = make_problem(seed=5)
-    twin = copy.deepcopy(model)
-    a, b = PBFGS(model, basis), PBFGS(twin, basis)
+    a = new_pbfgs(model, basis)
     for x, y in batches[:3]:
-        a.step(x, y)
-        b.step(x, y)
+        pbfgs_step(a, model, x, y)
     c_model = copy.deepcopy(model)
-    c = PBFGS(c_model, basis)
-    c.load_state_dict(a.state_dict())
+    c = new_pbfgs(c_model, basis)
+    c.load_state_dict(copy.deepcopy(a.state_dict()))
     for x, y in batches[3:]:
-        a.step(x, y)
-        c.step(x, y)
-    assert torch.equal(utils.flat_params(model), utils.flat_params(c_model))
+        pbfgs_step(a, model, x, y)
+        pbfgs_step(c, c_model, x, y)
+    assert torch.equal(vector(model.parameters()), vector(c_model.parameters()))
+    assert a.search_steps == c.search_steps and len(a.search_steps) == len(batches)
 
 
 def test_project_gradients_is_PtPg():
     model, basis, batches = make_problem(seed=6)
     x, y = batches[0]
     F.cross_entropy(model(x), y).backward()
-    g = utils.flat_grad(model).clone()
-    project_gradients_(model, basis)
+    g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    project_gradients_(model.parameters(), basis)
     expected = basis.T @ (basis @ g)
-    assert torch.allclose(utils.flat_grad(model), expected, rtol=1e-12, atol=1e-15)
+    got = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert torch.allclose(got, expected, rtol=1e-12, atol=1e-15)
     # Projecting twice changes nothing (P^T P is a projector), also on the flat-buffer path.
-    flat = utils.FlatParameters(model)
+    flat = FlatParameters(model)
     flat.grad.copy_(g)
-    project_gradients_(model, basis, flat)
-    project_gradients_(model, basis, flat)
+    project_gradients_(flat.params, basis)
+    project_gradients_(flat.params, basis)
     assert torch.allclose(flat.grad, expected, rtol=1e-12, atol=1e-15)
-    assert flat.check_views()
+    assert all(p.grad.data_ptr() == flat.grad[o:].data_ptr() for p, o in zip(
+        flat.params, np.cumsum([0] + [p.numel() for p in flat.params])))  # still views
+
+
+def test_flat_and_gathered_paths_take_the_same_steps():
+    """FlatParameters only spares copies: P-BFGS on the flat buffer equals P-BFGS on plain
+    parameters bit for bit."""
+    model, basis, batches = make_problem(seed=9, n_batches=4)
+    twin = copy.deepcopy(model)
+    flat = FlatParameters(twin)
+    plain, fast = new_pbfgs(model, basis, alpha=0.05), PBFGS(flat.params, basis,
+                                                            buffers=twin.buffers(), alpha=0.05)
+    for x, y in batches:
+        pbfgs_step(plain, model, x, y)
+        pbfgs_step(fast, twin, x, y)
+    assert torch.equal(vector(model.parameters()), flat.data)
 
 
 def test_pbfgs_lowers_the_training_loss():
     torch.manual_seed(0)
     model, basis, _ = make_problem(seed=7, k=8)
     x, y = torch.randn(64, 3, 8, 8, dtype=torch.float64), torch.randint(4, (64,))
-    opt = PBFGS(model, basis)
-    losses = [opt.step(x, y) for _ in range(15)]
+    opt = new_pbfgs(model, basis)
+    losses = [pbfgs_step(opt, model, x, y) for _ in range(15)]
     assert losses[-1] < 0.8 * losses[0]
 
 
@@ -260,12 +301,14 @@ def test_compiled_model_follows_the_eager_trajectory():
     """--compile: P-BFGS through torch.compile (flat-buffer views, buffer restores) = eager."""
     model, basis, batches = make_problem(seed=8, n_batches=4)
     twin = copy.deepcopy(model)
-    eager = PBFGS(model, basis)
-    flat = utils.FlatParameters(twin)
-    compiled = PBFGS(torch.compile(twin, backend="aot_eager"), basis, flat=flat)
+    eager = new_pbfgs(model, basis)
+    flat = FlatParameters(twin)
+    compiled_model = torch.compile(twin, backend="aot_eager")
+    compiled = PBFGS(flat.params, basis, buffers=twin.buffers())
     for x, y in batches:
-        assert compiled.step(x, y) == pytest.approx(eager.step(x, y), rel=1e-10)
-    assert torch.allclose(flat.data, utils.flat_params(model), rtol=1e-9, atol=1e-12)
+        assert pbfgs_step(compiled, compiled_model, x, y) == pytest.approx(
+            pbfgs_step(eager, model, x, y), rel=1e-10)
+    assert torch.allclose(flat.data, vector(model.parameters()), rtol=1e-9, atol=1e-12)
     assert compiled.search_steps == eager.search_steps
 
 
@@ -274,6 +317,14 @@ def test_bf16_autocast_pbfgs_lowers_the_loss():
     model = TinyNet()
     basis = utils.random_basis(sum(p.numel() for p in model.parameters()), 8, seed=1).float()
     x, y = torch.randn(64, 3, 8, 8), torch.randint(4, (64,))
-    opt = PBFGS(model, basis, amp="bf16")
-    losses = [opt.step(x, y) for _ in range(12)]
+    opt = new_pbfgs(model, basis)
+
+    def closure():
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x).float(), y)
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+    losses = [opt.step(closure).item() for _ in range(12)]
     assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0]

@@ -8,6 +8,8 @@ import torch
 import models
 import utils
 
+vector = torch.nn.utils.parameters_to_vector
+
 
 def _model(seed=0, arch="resnet20"):
     torch.manual_seed(seed)
@@ -19,9 +21,9 @@ def test_samples_round_trip_in_named_parameters_order(tmp_path):
     for e in range(3):
         m = _model(seed=e)
         utils.save_sample(m, str(tmp_path), e)
-        vectors.append(utils.flat_params(m))
+        vectors.append(vector(m.parameters()))
     assert utils.available_samples(str(tmp_path)) == [0, 1, 2]
-    matrix = utils.load_sample_matrix(str(tmp_path), _model(), 0, 3, "resnet20")
+    matrix = utils.load_sample_matrix(str(tmp_path), _model(), range(3), "resnet20")
     assert torch.equal(matrix, torch.stack(vectors))
     # Parameters only: BatchNorm running statistics are not part of the vector.
     n_params = sum(p.numel() for p in _model().parameters())
@@ -36,11 +38,11 @@ def test_authors_dataparallel_samples_load(tmp_path):
     m = _model(seed=1)
     torch.save({"module." + k: v for k, v in m.state_dict().items()}, tmp_path / "0.pt")
     torch.save(torch.nn.DataParallel(_model(seed=2)).state_dict(), tmp_path / "1.pt")
-    matrix = utils.load_sample_matrix(str(tmp_path), _model(), 0, 2, "resnet20")
-    assert torch.equal(matrix[0], utils.flat_params(m))
-    assert torch.equal(matrix[1], utils.flat_params(_model(seed=2)))
+    matrix = utils.load_sample_matrix(str(tmp_path), _model(), range(2), "resnet20")
+    assert torch.equal(matrix[0], vector(m.parameters()))
+    assert torch.equal(matrix[1], vector(_model(seed=2).parameters()))
     fresh = utils.load_sample_into(_model(seed=9), str(tmp_path / "0.pt"), "resnet20")
-    assert torch.equal(utils.flat_params(fresh), utils.flat_params(m))
+    assert torch.equal(vector(fresh.parameters()), vector(m.parameters()))
 
 
 def test_a_crash_while_writing_leaves_the_old_file_whole(tmp_path, monkeypatch):
@@ -63,7 +65,7 @@ def test_missing_epoch_names_the_epochs_present(tmp_path):
     for e in (0, 1, 2, 5):
         utils.save_sample(_model(), str(tmp_path), e)
     with pytest.raises(utils.UsageError, match=r"sample 3\.pt is missing .*samples present: 0\.\.2, 5"):
-        utils.check_sample_range(str(tmp_path), 0, 6)
+        utils.check_sample_range(str(tmp_path), range(6), 6)
 
 
 def test_truncated_sample_error_names_the_file(tmp_path):
@@ -71,13 +73,13 @@ def test_truncated_sample_error_names_the_file(tmp_path):
     data = (tmp_path / "0.pt").read_bytes()
     (tmp_path / "0.pt").write_bytes(data[:len(data) // 3])
     with pytest.raises(utils.UsageError, match=r"0\.pt: not a loadable sample"):
-        utils.load_sample_matrix(str(tmp_path), _model(), 0, 1, "resnet20")
+        utils.load_sample_matrix(str(tmp_path), _model(), range(1), "resnet20")
 
 
 def test_samples_of_another_architecture_are_refused(tmp_path):
     utils.save_sample(_model(arch="resnet32"), str(tmp_path), 0)
     with pytest.raises(utils.UsageError, match=r"0\.pt: .*not of --arch resnet20"):
-        utils.load_sample_matrix(str(tmp_path), _model(), 0, 1, "resnet20")
+        utils.load_sample_matrix(str(tmp_path), _model(), range(1), "resnet20")
 
 
 class _Exploit:

@@ -1,11 +1,13 @@
-"""Run one of the three scripts as a torchrun worker, for tests/test_distributed.py.
+"""Run the three scripts, one after another, as one torchrun worker, for tests/test_distributed.py.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/torchrun_audit.py train_sgd.py ARGS
+    python -m torch.distributed.run --nproc_per_node 2 tests/torchrun_audit.py \
+        train_sgd.py ARGS ::: train_pbfgs.py ARGS ::: train_psgd.py ARGS
 
-The script's own ``main`` runs unchanged; around it this records every file the process creates,
-writes, renames or deletes (files_rank{RANK}.txt in $DLDR_AUDIT_DIR), and afterwards saves the
-process's final parameters (params_rank{RANK}.pt), so a test can check that only rank 0 wrote
-files and that every rank ended with the same parameters.
+Each script's own ``main`` runs unchanged (one process group for all: one launch instead of
+three). Around them this records every file the process creates, writes, renames or deletes
+(files_rank{RANK}.txt in $DLDR_AUDIT_DIR) and saves the process's final parameters after each
+script (params_rank{RANK}_{i}.pt), so a test can check that only rank 0 wrote files and that
+every rank ended with the same parameters.
 """
 import builtins
 import importlib
@@ -39,21 +41,39 @@ def audited_os_open(path, flags, *args, **kwargs):
     return _os_open(path, flags, *args, **kwargs)
 
 
+def runs(argv):
+    """[(script, args), ...] from ``script ARGS ::: script ARGS ...``."""
+    out, current = [], []
+    for arg in argv + [":::"]:
+        if arg == ":::":
+            out.append((current[0], current[1:]))
+            current = []
+        else:
+            current.append(arg)
+    return out
+
+
 def main():
-    script, argv = sys.argv[1], sys.argv[2:]
     sys.path.insert(0, ROOT)
     builtins.open, os.open = audited_open, audited_os_open
     os.replace = lambda a, b, *x, **k: (_record("replace", b), _replace(a, b, *x, **k))[1]
     os.rename = lambda a, b, *x, **k: (_record("rename", b), _rename(a, b, *x, **k))[1]
     os.unlink = os.remove = lambda p, *x, **k: (_record("unlink", p), _unlink(p, *x, **k))[1]
-    import utils
-    module = importlib.import_module(os.path.splitext(os.path.basename(script))[0])
-    model = utils.run_main(module.main, argv)
-    builtins.open, os.open, os.replace, os.rename = _open, _os_open, _replace, _rename
-    os.unlink = os.remove = _unlink
     import torch
-    flat = torch.cat([p.detach().reshape(-1).cpu() for p in utils.trainable_parameters(model)])
-    torch.save(flat, os.path.join(AUDIT, f"params_rank{RANK}.pt"))
+    import torch.distributed as dist
+
+    import utils
+    try:
+        for i, (script, argv) in enumerate(runs(sys.argv[1:])):
+            module = importlib.import_module(os.path.splitext(os.path.basename(script))[0])
+            model = module.main(argv)
+            flat = torch.cat([p.detach().reshape(-1).cpu()
+                              for p in utils.trainable_parameters(model)])
+            with _open(os.path.join(AUDIT, f"params_rank{RANK}_{i}.pt"), "wb") as f:  # unaudited
+                torch.save(flat, f)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The pieces behind utils.py, one concern a file; utils.py's docstring maps them."""

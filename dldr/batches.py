@@ -1,0 +1,176 @@
+"""Batches: the in-memory path (a whole split on the device, shuffled, augmented and normalised
+there) and the DataLoader path (torchvision transforms in worker processes, the authors' way)."""
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .data import FolderSet
+from .distributed import world
+
+
+def crop_flip(padded, top, left, flip, size=32):
+    """Crop ``size`` x ``size`` windows at (top, left) from padded images and mirror where ``flip``.
+
+    The same result as torchvision's RandomCrop(size, padding) followed by RandomHorizontalFlip
+    for the same offsets and coin flips, done for a whole batch with one gather.
+    """
+    n, c = padded.shape[:2]
+    ar = torch.arange(size, device=padded.device)
+    rows = (top[:, None] + ar)[:, None, :, None]                       # (n,1,size,1)
+    cols = left[:, None] + ar                                          # (n,size)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
+    batch = torch.arange(n, device=padded.device)[:, None, None, None]
+    chan = torch.arange(c, device=padded.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+class MemoryLoader:
+    """Batches from a split held on the device: shuffled, augmented and normalised there.
+
+    All random draws of an epoch come from ``self.generator`` (a CPU generator, so the same seed
+    gives the same batches on any device) and its state is part of a checkpoint.
+    """
+
+    def __init__(self, data, batch_size, device, shuffle, seed=0, padding=4):
+        self.data = data
+        self.batch_size = batch_size
+        # Under torchrun every process draws the same permutation and augmentation, then takes
+        # its part of each global batch (training) or its shard of the split (evaluation).
+        self.rank, self.world_size = world()
+        self.device = device
+        self.shuffle = shuffle
+        self.augment = data.augment and shuffle
+        self.padding = padding
+        self.generator = torch.Generator().manual_seed(seed)
+        images = data.images.to(device)
+        if self.augment:
+            images = F.pad(images, (padding,) * 4)  # zero padding, as RandomCrop(padding=4)
+        self.images = images
+        self.labels = data.labels.to(device)
+        self.mean = torch.tensor(data.mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(data.std, device=device).view(1, 3, 1, 1) * 255
+
+    def _batches(self):
+        """(start, end) of the batches this process iterates over, in positions of ``order``."""
+        n, b, w = len(self.data), self.batch_size, self.world_size
+        if not self.shuffle and w > 1:
+            shard = torch.tensor_split(torch.arange(n), w)[self.rank]
+            lo, hi = (int(shard[0]), int(shard[-1]) + 1) if len(shard) else (0, 0)
+            return [(s, min(s + b, hi)) for s in range(lo, hi, b)]
+        # A final global batch smaller than the number of processes is dropped everywhere.
+        return [(s, min(s + b, n)) for s in range(0, n, b) if min(s + b, n) - s >= w]
+
+    def __len__(self):
+        return len(self._batches())
+
+    def __iter__(self):
+        n = len(self.data)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator)
+        else:
+            order = torch.arange(n)
+        if self.augment:
+            span = 2 * self.padding + 1
+            offsets = torch.randint(span, (n, 2), generator=self.generator)
+            flips = torch.rand(n, generator=self.generator) < 0.5
+            offsets, flips = offsets.to(self.device), flips.to(self.device)
+        order = order.to(self.device)
+        size = self.data.images.shape[-1]
+        for start, end in self._batches():
+            if self.shuffle and self.world_size > 1:  # this process's part of the global batch
+                part = torch.tensor_split(torch.arange(start, end), self.world_size)[self.rank]
+                start, end = int(part[0]), int(part[-1]) + 1
+            idx = order[start:end]
+            if self.augment:
+                sel = torch.arange(start, end, device=self.device)
+                x = crop_flip(self.images[idx], offsets[sel, 0], offsets[sel, 1], flips[sel], size)
+            else:
+                x = self.images[idx]
+            x = (x.float() - self.mean) / self.std
+            yield x, self.labels[idx]
+
+
+class _TorchvisionView(torch.utils.data.Dataset):
+    def __init__(self, data, transform):
+        self.data, self.transform = data, transform
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.transform(self.data.images[i]), self.data.labels[i]
+
+
+class _FolderView(torch.utils.data.Dataset):
+    def __init__(self, data, transform):
+        from torchvision.datasets.folder import default_loader  # PIL, converted to RGB
+        self.data, self.transform, self.load = data, transform, default_loader
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.transform(self.load(os.fsdecode(self.data.paths[i]))), self.data.labels[i]
+
+
+class _DeviceLoader:
+    """A DataLoader's batches moved to the device. ``generator`` (the shuffle's) and ``epoch``
+    (a DistributedSampler's) are what a checkpoint needs to continue the same order."""
+
+    def __init__(self, loader, device, generator, sampler=None):
+        self.loader, self.device = loader, device
+        self.generator, self.sampler = generator, sampler
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
+        self.epoch += 1
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def _dataloader(view, batch_size, device, shuffle, workers, seed):
+    """A DataLoader over ``view`` whose batches land on the device.
+
+    Under torchrun each process reads its part: for training a DistributedSampler (shuffled from
+    the seed and the epoch, batch_size // processes images per process, so --batch-size stays
+    the global batch), for evaluation a contiguous shard of the split.
+    """
+    rank, size = world()
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if size > 1 and shuffle:
+        sampler = torch.utils.data.DistributedSampler(view, size, rank, shuffle=True, seed=seed)
+        batch_size = max(1, batch_size // size)
+    elif size > 1:
+        view = torch.utils.data.Subset(
+            view, torch.tensor_split(torch.arange(len(view)), size)[rank].tolist())
+    loader = torch.utils.data.DataLoader(view, batch_size=batch_size,
+                                         shuffle=shuffle and sampler is None, sampler=sampler,
+                                         num_workers=workers, generator=generator,
+                                         pin_memory=device.type == "cuda")
+    return _DeviceLoader(loader, device, generator, sampler)
+
+
+def make_loader(data, batch_size, device, shuffle, kind="memory", workers=4, seed=0):
+    """The batch source of a split: a MemoryLoader (``kind`` "memory"), or torchvision transforms in
+    a DataLoader ("dataloader"; always for image folders, which are decoded from disk per batch).
+    Training splits (``shuffle``) of augmented datasets get random crops and flips."""
+    if kind == "memory" and not isinstance(data, FolderSet):
+        return MemoryLoader(data, batch_size, device, shuffle, seed)
+    import torchvision.transforms as T  # here: the in-memory path does without torchvision
+    if isinstance(data, FolderSet):
+        if data.augment and shuffle:
+            steps = [T.RandomResizedCrop(224), T.RandomHorizontalFlip()]
+        else:
+            steps = [T.Resize(256), T.CenterCrop(224)]
+        transform = T.Compose(steps + [T.ToTensor(), T.Normalize(data.mean, data.std)])
+        return _dataloader(_FolderView(data, transform), batch_size, device, shuffle, workers, seed)
+    steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if data.augment and shuffle else []
+    transform = T.Compose(steps + [T.ConvertImageDtype(torch.float32), T.Normalize(data.mean, data.std)])
+    return _dataloader(_TorchvisionView(data, transform), batch_size, device, shuffle, workers, seed)
