@@ -19,11 +19,8 @@ from utils import PBFGS  # noqa: F401  (importable from here, as the authors' sc
 
 def build_parser():
     p = utils.ArgumentParser(description="DLDR step 3a: P-BFGS in the trajectory's subspace")
-    utils.add_common_arguments(p, arch="resnet20", epochs=100, lr=1.0, batch_size=1024)
+    utils.add_common_arguments(p, arch="resnet32", epochs=100, lr=1.0, batch_size=128)
     utils.add_subspace_arguments(p)
-    p.add_argument("--weight-decay", "--weight_decay", "--wd", dest="weight_decay", default=0.0,
-                   type=float, metavar="W",
-                   help="accepted for the authors' command lines; the subspace methods use none")
     p.add_argument("--alpha", default=0.0, type=float, metavar="A",
                    help="step size of the momentum on the gradient outside the subspace (default: 0)")
     p.add_argument("--gamma", default=0.9, type=float, metavar="G",
@@ -36,8 +33,8 @@ def build_parser():
 def train_epoch(model, flat, opt, loader, progress, accumulate, amp, begin_step):
     """One epoch of P-BFGS: one optimizer step per ``accumulate`` batches."""
     model.train()
-    batches, it = [], 0
-    for i, batch in enumerate(loader):
+    batches = []
+    for i, batch in progress.batches(loader):
         batches.append(batch)
         if len(batches) < accumulate and i < len(loader) - 1:
             continue
@@ -65,9 +62,9 @@ def train_epoch(model, flat, opt, loader, progress, accumulate, amp, begin_step)
             return loss
 
         opt.step(closure)
-        progress.check_finite(last["loss"], it)
-        progress.update(it, last["loss"], last["output"], batches[-1][1])
-        batches, it = [], it + 1
+        progress.check_finite(last["loss"], i)
+        progress.update(i, last["loss"], last["output"], batches[-1][1])
+        batches = []
     return progress.finish()
 
 
@@ -82,10 +79,17 @@ def main(argv=None):
         checkpoint_name=ckpt_name)
     device = utils.resolve_device(args.device)
     amp = utils.amp_mode(args.amp, args.half, args.dtype)
+    if amp == "fp16":
+        raise utils.UsageError(f"{'--half' if args.half else '--amp fp16'}: P-BFGS cannot take "
+                               "fp16, whose small gradients underflow without loss scaling through "
+                               "the line search; use --amp bf16")
     device = utils.init_distributed(device)
+    utils.log(f"Random Seed: {args.randomseed}")
+    utils.log(args.save_dir)
     if args.lr != 1.0:
-        utils.log(f"note: --lr {args.lr} is ignored; P-BFGS steps are set by the line search "
+        utils.log(f"=> note: --lr {args.lr} is ignored; P-BFGS steps are set by the line search "
                   "(the authors' optimizer used lr 1)")
+    utils.note_unchecked_noise(args.save_dir, args.corrupt)
     utils.seed_everything(args.randomseed)
     train_set, test_set = utils.load_data(args.datasets, args.data_root, args.smalldatasets,
                                           args.corrupt, args.randomseed)
@@ -98,12 +102,13 @@ def main(argv=None):
         epochs = utils.sample_epochs(args.params_start, args.params_end, args.params_step)
         samples = utils.load_samples(args.save_dir, epochs, model, args.arch, args.streaming_basis)
         basis, ratios = utils.trajectory_basis(samples, args.n_components, device)
-        utils.log_basis(ratios, epochs, args.params_step, time.time() - start,
-                        streamed=not torch.is_tensor(samples))
+        utils.log_basis(basis.shape, ratios, epochs, args.params_start, args.params_end,
+                        args.params_step, time.time() - start, streamed=not torch.is_tensor(samples))
         del samples
     else:
         dim = sum(p.numel() for p in utils.trainable_parameters(model))
         basis, ratios = utils.random_basis(dim, args.n_components, args.randomseed), None
+        utils.log(f"P: {tuple(basis.shape)}")
         utils.log(f"=> random basis: {args.n_components} orthonormal directions "
                   f"(seed {args.randomseed})")
     utils.load_sample_into(model, utils.sample_path(args.save_dir, args.params_start), args.arch)
@@ -116,33 +121,38 @@ def main(argv=None):
 
     train_loader = utils.make_loader(train_set, args.batch_size, device, shuffle=True,
                                      kind=args.loader, workers=args.workers, seed=args.randomseed)
-    test_loader = utils.make_loader(test_set, max(args.batch_size, 256), device, shuffle=False,
-                                    kind=args.loader, workers=args.workers)
+    test_loader = utils.make_loader(test_set, utils.test_batch_size(args.datasets, args.batch_size),
+                                    device, shuffle=False, kind=args.loader, workers=args.workers)
     results = utils.Results(os.path.join(args.save_dir, results_name), "pbfgs", dict(vars(args)),
                             {"explained_variance_ratio": ratios, "basis": args.basis})
-    start_epoch, best_prec1 = 0, 0.0
+    start_epoch, best_prec1 = args.start_epoch, 0.0
     w_start = flat.data.clone()  # the restart sample: coordinates are taken from here
     if args.evaluate:
-        loss, prec = utils.evaluate(model, test_loader, amp)
+        if args.resume:
+            utils.load_weights(utils.find_resume_checkpoint(args.resume, args.save_dir, ckpt_name),
+                               model)
+        loss, prec = utils.evaluate(step_model, test_loader, amp, args.print_freq)
         utils.log_test(prec, loss)
-        return
+        return model
     stateful = {"pbfgs": opt}
     if args.resume:
         path = utils.find_resume_checkpoint(args.resume, args.save_dir, ckpt_name)
         start_epoch, best_prec1 = utils.resume_run(path, model, stateful, train_loader, results)
     else:
-        loss, prec = utils.evaluate(model, test_loader, amp)
-        utils.log(f"=> start (sample {args.params_start}):")
-        utils.log_test(prec, loss)
-        results.add(epoch=0, test_loss=loss, test_acc=prec, time=0.0, coords=[0.0] * len(basis))
+        loss, prec = utils.evaluate(step_model, test_loader, amp)
+        utils.log(f"=> sample {args.params_start}, the restart: Prec@1 {prec:.3f}\tLoss {loss:.4f}")
+        results.add(epoch=start_epoch, test_loss=loss, test_acc=prec, time=0.0,
+                    coords=[0.0] * len(basis))
 
     begin_step = utils.step_marker(device, args.compile)
+    utils.log(f"grad accumulate: {args.accumulate}")
+    utils.log(f"Train: {(start_epoch, args.epochs)}")
     run_start = time.time()
     for epoch in range(start_epoch, args.epochs):
         epoch_start = time.time()
         steps_before, skipped_before = len(opt.search_steps), opt.skipped_pairs
-        progress = utils.EpochProgress(epoch, -(-len(train_loader) // args.accumulate),
-                                       args.print_freq, args.epochs - epoch - 1)
+        progress = utils.EpochProgress(epoch, len(train_loader), args.print_freq,
+                                       args.epochs - epoch - 1)
         try:
             train_epoch(step_model, flat, opt, train_loader, progress, args.accumulate, amp,
                         begin_step)
@@ -152,7 +162,7 @@ def main(argv=None):
         if opt.skipped_pairs > skipped_before:
             utils.log(f"=> P-BFGS: {opt.skipped_pairs - skipped_before} non-finite curvature "
                       f"pairs left out of H in epoch {epoch}")
-        test_loss, prec1 = utils.evaluate(step_model, test_loader, amp)
+        test_loss, prec1 = utils.evaluate(step_model, test_loader, amp, args.print_freq)
         utils.log_test(prec1, test_loss)
         steps = opt.search_steps[steps_before:]
         best_prec1 = max(best_prec1, prec1)
@@ -164,6 +174,8 @@ def main(argv=None):
         ckpt = utils.checkpoint_state(epoch + 1, model, stateful, train_loader, best_prec1, results)
         utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, ckpt_name))
     utils.save_model(model, os.path.join(args.save_dir, final_name))
+    utils.log_subspace_lists(results.data["epochs"], time.time() - run_start, best_prec1,
+                             epoch_times=True)
     utils.log(f"=> P-BFGS done: best Prec@1 {best_prec1:.3f}, total time "
               f"{utils.format_eta(time.time() - run_start)}, model in "
               f"{os.path.join(args.save_dir, final_name)}")

@@ -18,12 +18,14 @@ import utils
 
 def build_parser():
     p = utils.ArgumentParser(description="DLDR step 3b: P-SGD in the trajectory's subspace")
-    utils.add_common_arguments(p, arch="resnet20", epochs=100, lr=1.0, batch_size=128)
+    utils.add_common_arguments(p, arch="resnet32", epochs=100, lr=1.0, batch_size=128)
     utils.add_subspace_arguments(p)
-    p.add_argument("--weight-decay", "--weight_decay", "--wd", dest="weight_decay", default=0.0,
-                   type=float, metavar="W",
-                   help="accepted for the authors' command lines; the subspace methods use none")
-    p.add_argument("--momentum", default=0.9, type=float, metavar="M", help="momentum (default: 0.9)")
+    p.add_argument("--momentum", default=0.9, type=float, metavar="M",
+                   help="momentum (default: 0.9)")
+    p.add_argument("--alpha", default=0.0, type=float, metavar="A",
+                   help="accepted for the authors' command lines; P-SGD does not use it, as theirs")
+    p.add_argument("--gamma", default=0.9, type=float, metavar="G",
+                   help="accepted for the authors' command lines; P-SGD does not use it, as theirs")
     p.add_argument("--milestones", default=[30, 50], type=utils.int_list, metavar="E1,E2",
                    help="epochs where the LR drops 10x (default: 30,50)")
     return p
@@ -32,7 +34,7 @@ def build_parser():
 def train_epoch(model, flat, basis, loader, optimizer, scaler, progress, amp, begin_step):
     """One epoch of P-SGD: every gradient is replaced by its projection P^T P g before the step."""
     model.train()
-    for i, (x, y) in enumerate(loader):
+    for i, (x, y) in progress.batches(loader):
         begin_step()
         with utils.autocast(x.device, amp):
             output = model(x)
@@ -65,6 +67,9 @@ def main(argv=None):
     if not args.lr > 0:
         raise utils.UsageError(f"--lr {args.lr}: must be positive")
     device = utils.init_distributed(device)
+    utils.log("P-SGD")
+    utils.log(args.save_dir)
+    utils.note_unchecked_noise(args.save_dir, args.corrupt)
     utils.seed_everything(args.randomseed)
     train_set, test_set = utils.load_data(args.datasets, args.data_root, args.smalldatasets,
                                           args.corrupt, args.randomseed)
@@ -77,12 +82,13 @@ def main(argv=None):
         epochs = utils.sample_epochs(args.params_start, args.params_end, args.params_step)
         samples = utils.load_samples(args.save_dir, epochs, model, args.arch, args.streaming_basis)
         basis, ratios = utils.trajectory_basis(samples, args.n_components, device)
-        utils.log_basis(ratios, epochs, args.params_step, time.time() - start,
-                        streamed=not torch.is_tensor(samples))
+        utils.log_basis(basis.shape, ratios, epochs, args.params_start, args.params_end,
+                        args.params_step, time.time() - start, streamed=not torch.is_tensor(samples))
         del samples
     else:
         dim = sum(p.numel() for p in utils.trainable_parameters(model))
         basis, ratios = utils.random_basis(dim, args.n_components, args.randomseed), None
+        utils.log(f"P: {tuple(basis.shape)}")
         utils.log(f"=> random basis: {args.n_components} orthonormal directions "
                   f"(seed {args.randomseed})")
     utils.load_sample_into(model, utils.sample_path(args.save_dir, args.params_start), args.arch)
@@ -97,27 +103,32 @@ def main(argv=None):
 
     train_loader = utils.make_loader(train_set, args.batch_size, device, shuffle=True,
                                      kind=args.loader, workers=args.workers, seed=args.randomseed)
-    test_loader = utils.make_loader(test_set, max(args.batch_size, 256), device, shuffle=False,
-                                    kind=args.loader, workers=args.workers)
+    test_loader = utils.make_loader(test_set, utils.test_batch_size(args.datasets, args.batch_size),
+                                    device, shuffle=False, kind=args.loader, workers=args.workers)
     results = utils.Results(os.path.join(args.save_dir, results_name), "psgd", dict(vars(args)),
                             {"explained_variance_ratio": ratios, "basis": args.basis})
-    start_epoch, best_prec1 = 0, 0.0
+    start_epoch, best_prec1 = args.start_epoch, 0.0
     w_start = flat.data.clone()  # the restart sample: coordinates are taken from here
     if args.evaluate:
-        loss, prec = utils.evaluate(model, test_loader, amp)
+        if args.resume:
+            utils.load_weights(utils.find_resume_checkpoint(args.resume, args.save_dir, ckpt_name),
+                               model)
+        loss, prec = utils.evaluate(step_model, test_loader, amp, args.print_freq)
         utils.log_test(prec, loss)
-        return
+        return model
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     if args.resume:
         path = utils.find_resume_checkpoint(args.resume, args.save_dir, ckpt_name)
         start_epoch, best_prec1 = utils.resume_run(path, model, stateful, train_loader, results)
     else:
-        loss, prec = utils.evaluate(model, test_loader, amp)
-        utils.log(f"=> start (sample {args.params_start}):")
-        utils.log_test(prec, loss)
-        results.add(epoch=0, test_loss=loss, test_acc=prec, time=0.0, coords=[0.0] * len(basis))
+        utils.fast_forward(scheduler, start_epoch)  # --start-epoch N: the schedule of epoch N
+        loss, prec = utils.evaluate(step_model, test_loader, amp)
+        utils.log(f"=> sample {args.params_start}, the restart: Prec@1 {prec:.3f}\tLoss {loss:.4f}")
+        results.add(epoch=start_epoch, test_loss=loss, test_acc=prec, time=0.0,
+                    coords=[0.0] * len(basis))
 
     begin_step = utils.step_marker(device, args.compile)
+    utils.log(f"Train: {(start_epoch, args.epochs)}")
     run_start = time.time()
     for epoch in range(start_epoch, args.epochs):
         epoch_start = time.time()
@@ -131,7 +142,7 @@ def main(argv=None):
             raise SystemExit(f"error: {e}; the last good state is in {ckpt_name}")
         scheduler.step()
         train_time = time.time() - epoch_start
-        test_loss, prec1 = utils.evaluate(step_model, test_loader, amp)
+        test_loss, prec1 = utils.evaluate(step_model, test_loader, amp, args.print_freq)
         utils.log_test(prec1, test_loss)
         best_prec1 = max(best_prec1, prec1)
         results.add(epoch=epoch + 1, train_loss=progress.loss, train_acc=progress.accuracy,
@@ -140,6 +151,7 @@ def main(argv=None):
         ckpt = utils.checkpoint_state(epoch + 1, model, stateful, train_loader, best_prec1, results)
         utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, ckpt_name))
     utils.save_model(model, os.path.join(args.save_dir, final_name))
+    utils.log_subspace_lists(results.data["epochs"], time.time() - run_start, best_prec1)
     utils.log(f"=> P-SGD done: best Prec@1 {best_prec1:.3f}, total time "
               f"{utils.format_eta(time.time() - run_start)}, model in "
               f"{os.path.join(args.save_dir, final_name)}")

@@ -16,12 +16,16 @@ import utils
 
 def build_parser():
     p = utils.ArgumentParser(description="DLDR step 1: SGD training that samples the trajectory")
-    utils.add_common_arguments(p, arch="resnet20", epochs=200, lr=None, batch_size=128)
-    p.add_argument("--momentum", default=0.9, type=float, metavar="M", help="momentum (default: 0.9)")
+    utils.add_common_arguments(p, arch="resnet20", epochs=200, lr=0.1, batch_size=128)
+    p.add_argument("--momentum", default=0.9, type=float, metavar="M",
+                   help="momentum (default: 0.9)")
     p.add_argument("--weight-decay", "--weight_decay", "--wd", dest="weight_decay", default=1e-4,
                    type=float, metavar="W", help="weight decay (default: 1e-4)")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"),
-                   help="sgd (default) or adam")
+                   help="sgd (default, learning rate --lr) or adam (learning rate --adam-lr)")
+    p.add_argument("--adam-lr", "--adam_lr", dest="adam_lr", default=0.001, type=float,
+                   metavar="LR", help="Adam's learning rate (default: 0.001, the authors' fixed "
+                                      "value; --lr is SGD's)")
     p.add_argument("--milestones", default=None, type=utils.int_list,
                    metavar="E1,E2", help="epochs where the LR drops 10x (default: 100,150 for "
                    "CIFAR10 and others, 150 for CIFAR100)")
@@ -43,7 +47,7 @@ def train_epoch(model, loader, optimizer, scaler, progress, amp, begin_step, cha
     """One epoch of SGD (under torchrun: DDP) on the full parameter vector."""
     model.train()
     processes = utils.world()[1]
-    for i, (x, y) in enumerate(loader):
+    for i, (x, y) in progress.batches(loader):
         begin_step()
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -65,8 +69,8 @@ def main(argv=None):
     utils.check_arch_name(args.arch, args.datasets)
     utils.check_dataset_name(args.datasets, args.data_root)
     device = utils.resolve_device(args.device)
-    if args.lr is not None and not args.lr > 0:
-        raise utils.UsageError(f"--lr {args.lr}: must be positive")
+    if not args.lr > 0 or not args.adam_lr > 0:
+        raise utils.UsageError(f"--lr {args.lr} / --adam-lr {args.adam_lr}: must be positive")
     if args.milestones is not None and any(m <= 0 for m in args.milestones):
         raise utils.UsageError(f"--milestones {args.milestones}: epochs must be positive")
     if args.resume and args.overwrite:
@@ -81,7 +85,10 @@ def main(argv=None):
     if args.resume == "auto" and not os.path.isfile(os.path.join(args.save_dir, "checkpoint.pt")):
         raise utils.UsageError(f"--resume: no checkpoint.pt in {args.save_dir} to resume from")
     amp = utils.amp_mode(args.amp, args.half, args.dtype)
+    if args.pretrained and args.datasets in utils.FOLDER_DATASETS:  # fetched before any write
+        utils.pretrained_state(args.arch, len(utils.folder_classes(args.datasets, args.data_root)))
     utils.check_writable_dir(args.save_dir)
+    utils.log(args.save_dir)
 
     device = utils.init_distributed(device)
     utils.seed_everything(args.randomseed)
@@ -91,10 +98,14 @@ def main(argv=None):
                                           args.corrupt, args.randomseed)
     if args.resume:
         utils.check_noise_record(args.save_dir, train_set.noise)
-    elif train_set.noise is not None:
+    elif train_set.noise is not None and not args.evaluate:
         utils.save_noise_record(args.save_dir, train_set.noise)
     num_classes = train_set.num_classes
-    model = utils.build_model(args.arch, args.datasets, num_classes, device, args.dtype)
+    model = utils.build_model(args.arch, args.datasets, num_classes, device, args.dtype,
+                              args.pretrained)
+    if args.pretrained and args.datasets not in utils.FOLDER_DATASETS:
+        utils.log(f"=> --pretrained: no pretrained weights for the CIFAR architecture {args.arch}; "
+                  "ignored, as in the authors' scripts")
     model = utils.sync_batchnorm(model, device)
     channels_last = device.type == "cuda"  # NHWC convolutions are faster on tensor cores
     if channels_last:
@@ -110,40 +121,46 @@ def main(argv=None):
               + (f", {utils.world()[1]} processes" if utils.world()[1] > 1 else ""))
 
     if args.optimizer == "sgd":
-        lr = 0.1 if args.lr is None else args.lr
+        lr = args.lr
         optimizer = torch.optim.SGD(model.parameters(), lr, momentum=args.momentum,
                                     weight_decay=args.weight_decay)
     else:
-        lr = 0.001 if args.lr is None else args.lr  # the authors' Adam learning rate
+        lr = args.adam_lr
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay)
     milestones = args.milestones or ([150] if args.datasets == "CIFAR100" else [100, 150])
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     train_loader = utils.make_loader(train_set, args.batch_size, device, shuffle=True,
                                      kind=args.loader, workers=args.workers, seed=args.randomseed)
-    test_loader = utils.make_loader(test_set, max(args.batch_size, 256), device, shuffle=False,
-                                    kind=args.loader, workers=args.workers)
+    test_loader = utils.make_loader(test_set, utils.test_batch_size(args.datasets, args.batch_size),
+                                    device, shuffle=False, kind=args.loader, workers=args.workers)
     results = utils.Results(os.path.join(args.save_dir, "results_sgd.json"), "sgd",
                             dict(vars(args)), {"num_params": n_params, "num_classes": num_classes})
-    start_epoch, best_prec1 = 0, 0.0
+    start_epoch, best_prec1 = args.start_epoch, 0.0
 
     if args.evaluate:
-        loss, prec = utils.evaluate(model, test_loader, amp)
+        if args.resume:
+            path = utils.find_resume_checkpoint(args.resume, args.save_dir, "checkpoint.pt")
+            utils.load_weights(path, model)
+        loss, prec = utils.evaluate(eval_model, test_loader, amp, args.print_freq)
         utils.log_test(prec, loss)
-        return
+        return model
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     if args.resume:
         path = utils.find_resume_checkpoint(args.resume, args.save_dir, "checkpoint.pt")
         start_epoch, best_prec1 = utils.resume_run(path, model, stateful, train_loader, results)
     else:
+        utils.fast_forward(scheduler, start_epoch)  # --start-epoch N: the schedule of epoch N
         utils.atomic_write_json(os.path.join(args.save_dir, "run.json"),
                                 utils.provenance(dict(vars(args)), num_classes))
-        utils.save_sample(model, args.save_dir, 0)
-        loss, prec = utils.evaluate(model, test_loader, amp)
-        results.add(epoch=0, test_loss=loss, test_acc=prec, time=0.0, lr=lr)
+        utils.save_sample(model, args.save_dir, start_epoch)
+        loss, prec = utils.evaluate(eval_model, test_loader, amp)
+        utils.log(f"=> sample {start_epoch}, before training: Prec@1 {prec:.3f}\tLoss {loss:.4f}")
+        results.add(epoch=start_epoch, test_loss=loss, test_acc=prec, time=0.0, lr=lr)
 
     warmup = args.arch in ("resnet110", "resnet1202") and args.optimizer == "sgd"
     begin_step = utils.step_marker(device, args.compile)
+    utils.log(f"Start training:  {start_epoch} -> {args.epochs}")
     run_start = time.time()
     for epoch in range(start_epoch, args.epochs):
         if warmup and epoch == 0:
@@ -152,19 +169,21 @@ def main(argv=None):
                 group["lr"] = lr * 0.1
         epoch_start = time.time()
         current_lr = optimizer.param_groups[0]["lr"]
+        utils.log(f"current lr {current_lr:.5e}")
         progress = utils.EpochProgress(epoch, len(train_loader), args.print_freq,
-                                       args.epochs - epoch - 1)
+                                       args.epochs - epoch - 1, print_last=False)
         try:
             train_epoch(step_model, train_loader, optimizer, scaler, progress, amp, begin_step,
                         channels_last)
         except utils.NonFiniteLoss as e:
             raise SystemExit(f"error: {e}; samples up to {epoch}.pt are kept in {args.save_dir}")
+        utils.log(f"Total time for epoch [{epoch}] : {progress.batch_time:.3f}")
         if warmup and epoch == 0:
             for group in optimizer.param_groups:
                 group["lr"] = lr
         scheduler.step()
         train_time = time.time() - epoch_start
-        test_loss, prec1 = utils.evaluate(eval_model, test_loader, amp)
+        test_loss, prec1 = utils.evaluate(eval_model, test_loader, amp, args.print_freq)
         utils.log_test(prec1, test_loss)
         best_prec1 = max(best_prec1, prec1)
         utils.save_sample(model, args.save_dir, epoch + 1)
@@ -176,8 +195,10 @@ def main(argv=None):
         utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, "checkpoint.pt"))
         if (epoch + 1) % args.save_every == 0:
             utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, f"checkpoint_{epoch + 1}.pt"))
+    utils.log_sgd_lists(results.data["epochs"])
     utils.log(f"=> SGD done: best Prec@1 {best_prec1:.3f}, total time "
-              f"{utils.format_eta(time.time() - run_start)}, samples 0..{args.epochs} in {args.save_dir}")
+              f"{utils.format_eta(time.time() - run_start)}, samples {start_epoch}..{args.epochs} "
+              f"in {args.save_dir}")
     return model
 
 

@@ -14,25 +14,27 @@
 Around them:
    dldr/cli.py           flags, argument types, the one-line error for bad input (exit status 2)
    dldr/networks.py      which network --arch names (models/ or torchvision), its dtype
-   dldr/training.py      seeding, devices, precision, torch.compile, progress lines, evaluation
+   dldr/training.py      seeding, devices, precision, torch.compile
+   dldr/progress.py      the log lines (the authors' formats), evaluation, end-of-run lists
    dldr/files.py         atomic writes and weights-only loading
    dldr/checkpoints.py   exact resume
    dldr/distributed.py   torchrun: sums over processes, BatchNorm over the global batch
    models/               the architectures, one file per family, each registered under its --arch
 """
 from dldr.basis import random_basis, streaming_subspace_basis, subspace_basis
-from dldr.batches import MemoryLoader, crop_flip, make_loader
-from dldr.checkpoints import checkpoint_state, find_resume_checkpoint, resume_run
+from dldr.batches import MemoryLoader, crop_flip, make_loader, test_batch_size
+from dldr.checkpoints import (checkpoint_state, fast_forward, find_resume_checkpoint,
+                              load_weights, resume_run)
 from dldr.cli import (ArgumentParser, UsageError, add_common_arguments, add_subspace_arguments,
                       fraction, int_list, nonnegative_int, output_tag, positive_int, run_main)
 from dldr.data import (CIFAR100_MEAN, FOLDER_DATASETS, IMAGENET_MEAN, IMAGENET_STD, FolderSet,
                        ImageSet, check_dataset_name, folder_classes, load_data, load_digits,
-                       load_folder, load_synthetic, noisy_labels)
+                       load_folder, load_mnist, load_synthetic, noisy_labels)
 from dldr.distributed import (all_reduce_sum_, distributed_model, global_batch_share,
                               init_distributed, is_main_process, sync_batchnorm, world)
 from dldr.files import (atomic_torch_save, atomic_write, atomic_write_json, check_writable_dir,
                         safe_load)
-from dldr.networks import build_model, check_arch_name, new_model
+from dldr.networks import build_model, check_arch_name, new_model, pretrained_state
 from dldr.optim import PBFGS, FlatParameters, project_gradients_, trainable_parameters
 from dldr.records import (Results, check_noise_record, check_provenance, provenance,
                           save_noise_record)
@@ -40,7 +42,8 @@ from dldr.samples import (available_samples, check_sample_range, describe_epochs
                           load_sample_matrix, load_state, param_vector_from_state, sample_path,
                           save_model, save_sample)
 from dldr.subspace import (check_subspace_run, describe_sample_epochs, load_samples, log_basis,
-                           output_names, sample_epochs, trajectory_basis)
-from dldr.training import (EpochProgress, NonFiniteLoss, amp_mode, autocast, compile_model,
-                           evaluate, format_eta, full_precision, log, log_test, resolve_device,
+                           note_unchecked_noise, output_names, sample_epochs, trajectory_basis)
+from dldr.progress import (EpochProgress, NonFiniteLoss, evaluate, format_eta, log,
+                           log_sgd_lists, log_subspace_lists, log_test)
+from dldr.training import (amp_mode, autocast, compile_model, full_precision, resolve_device,
                            seed_everything, step_marker)

@@ -5,7 +5,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .data import FolderSet
+from .data import FOLDER_DATASETS, FolderSet
 from .distributed import world
 
 
@@ -48,8 +48,8 @@ class MemoryLoader:
             images = F.pad(images, (padding,) * 4)  # zero padding, as RandomCrop(padding=4)
         self.images = images
         self.labels = data.labels.to(device)
-        self.mean = torch.tensor(data.mean, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(data.std, device=device).view(1, 3, 1, 1) * 255
+        self.mean = torch.tensor(data.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(data.std, device=device).view(1, 3, 1, 1)
 
     def _batches(self):
         """(start, end) of the batches this process iterates over, in positions of ``order``."""
@@ -87,7 +87,8 @@ class MemoryLoader:
                 x = crop_flip(self.images[idx], offsets[sel, 0], offsets[sel, 1], flips[sel], size)
             else:
                 x = self.images[idx]
-            x = (x.float() - self.mean) / self.std
+            # torchvision's ToTensor then Normalize, operation for operation: the same inputs
+            x = x.float().div(255).sub(self.mean).div(self.std)
             yield x, self.labels[idx]
 
 
@@ -155,6 +156,14 @@ def _dataloader(view, batch_size, device, shuffle, workers, seed):
                                          num_workers=workers, generator=generator,
                                          pin_memory=device.type == "cuda")
     return _DeviceLoader(loader, device, generator, sampler)
+
+
+def test_batch_size(datasets, batch_size):
+    """The authors' evaluation batches: 100 images for MNIST, the training batch for ImageNet and
+    folder, 128 otherwise."""
+    if datasets == "MNIST":
+        return 100
+    return batch_size if datasets in FOLDER_DATASETS else 128
 
 
 def make_loader(data, batch_size, device, shuffle, kind="memory", workers=4, seed=0):

@@ -1,5 +1,6 @@
 """Exact resume: everything a run needs to continue after an epoch as if it had never stopped."""
 import os
+import warnings
 
 import torch
 
@@ -39,12 +40,62 @@ def find_resume_checkpoint(resume, save_dir, name):
     return path
 
 
+def checkpoint_weights(ckpt, path):
+    """The model state dict inside a checkpoint: ours ("model"), the authors' ("state_dict", keys
+    prefixed 'module.' by DataParallel), or a bare state dict (a sample or a final model)."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        state = ckpt["model"]
+    elif isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+        state = ckpt["state_dict"]
+    elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        state = ckpt
+    else:
+        raise UsageError(f"{path}: neither a checkpoint nor a model state dict")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights(path, model):
+    """``-e --resume PATH``: the weights of any checkpoint or state dict into ``model``."""
+    try:
+        model.load_state_dict(checkpoint_weights(safe_load(path), path))
+    except RuntimeError as e:
+        raise UsageError(f"{path}: does not fit --arch ({str(e).splitlines()[0][:200]})")
+
+
+def fast_forward(scheduler, epochs):
+    """Step a learning-rate schedule to where it stands after ``epochs`` epochs (the authors'
+    ``last_epoch=start_epoch - 1``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "step() before optimizer.step()": on purpose here
+        for _ in range(epochs):
+            scheduler.step()
+
+
 def resume_run(path, model, stateful, train_loader, results):
-    """Restore what ``checkpoint_state`` saved; returns (epochs done, best Prec@1)."""
+    """Restore what ``checkpoint_state`` saved; returns (epochs done, best Prec@1).
+
+    A checkpoint of the authors' scripts (checkpoint_refine_E.th) holds the weights, the epoch and
+    the best Prec@1 only: those are restored and the schedule stepped to the epoch; the optimizer,
+    the data order and the random generators start afresh, as in the authors' --resume.
+    """
     ckpt = safe_load(path)
+    if not (isinstance(ckpt, dict) and "model" in ckpt):
+        model.load_state_dict(checkpoint_weights(ckpt, path))
+        epoch = int(ckpt.get("epoch", 0)) if isinstance(ckpt, dict) else 0
+        if "scheduler" in stateful:
+            fast_forward(stateful["scheduler"], epoch)
+        print(f"=> resumed from {path} after epoch {epoch}: a checkpoint without optimizer, data "
+              "order or random state (the authors' format), which start afresh", flush=True)
+        return epoch, float(ckpt.get("best_prec1", 0.0)) if isinstance(ckpt, dict) else 0.0
     model.load_state_dict(ckpt["model"])
     for name, obj in stateful.items():
-        obj.load_state_dict(ckpt[name])
+        try:
+            obj.load_state_dict(ckpt[name])
+        except (KeyError, ValueError, TypeError) as e:
+            raise UsageError(f"{path}: its {name} state does not fit this run ({e}); it was "
+                             "written by another script or version")
     train_loader.generator.set_state(ckpt["loader_rng"])
     if hasattr(train_loader, "epoch"):  # a DistributedSampler's order depends on the epoch
         train_loader.epoch = ckpt["epoch"]

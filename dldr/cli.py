@@ -82,30 +82,38 @@ def add_common_arguments(parser, *, arch, epochs, lr, batch_size, workers=4):
                    help="model architecture, one of models.names(); for ImageNet and folder one of "
                         f"torchvision.models.list_models(), e.g. resnet18 (default: {arch})")
     p.add_argument("--datasets", default="CIFAR10", metavar="NAME",
-                   help="dataset: CIFAR10, CIFAR100, DIGITS, SYNTHETIC, ImageNet, folder "
+                   help="dataset: CIFAR10, CIFAR100, MNIST, DIGITS, SYNTHETIC, ImageNet, folder "
                         "(default: CIFAR10)")
     p.add_argument("--data-root", "--data_root", dest="data_root", default="../data",
-                   help="where CIFAR is read from or downloaded to, or the folder with train/ and "
-                        "val/ for ImageNet and folder (default: ../data)")
+                   help="where CIFAR and MNIST are read from or downloaded to, or the folder with "
+                        "train/ and val/ for ImageNet and folder (default: ../data)")
     p.add_argument("-j", "--workers", default=workers, type=nonnegative_int, metavar="N",
                    help=f"data loading workers of the DataLoader path (default: {workers})")
     p.add_argument("--epochs", default=epochs, type=nonnegative_int, metavar="N",
-                   help=f"number of epochs to run (default: {epochs})")
+                   help=f"number of total epochs to run (default: {epochs})")
+    p.add_argument("--start-epoch", "--start_epoch", dest="start_epoch", default=0,
+                   type=nonnegative_int, metavar="N",
+                   help="manual epoch number: the epoch loop starts at N (with --resume the "
+                        "checkpoint's epoch wins) (default: 0)")
     p.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", default=batch_size,
                    type=positive_int, metavar="N", help=f"mini-batch size (default: {batch_size})")
-    p.add_argument("--lr", "--learning-rate", dest="lr", default=lr, type=float, metavar="LR",
-                   help=f"learning rate (default: {lr})")
+    p.add_argument("--lr", "--learning-rate", "--learning_rate", dest="lr", default=lr, type=float,
+                   metavar="LR", help=f"learning rate (default: {lr})")
     p.add_argument("-p", "--print-freq", "--print_freq", dest="print_freq", default=50,
                    type=positive_int, metavar="N", help="print every N iterations (default: 50)")
     p.add_argument("--save-dir", "--save_dir", dest="save_dir", default="save_temp",
                    help="folder of the samples 0.pt, 1.pt, ... (default: save_temp)")
     p.add_argument("--save-every", "--save_every", dest="save_every", default=10,
                    type=positive_int, metavar="N",
-                   help="also keep a full checkpoint every N epochs (default: 10)")
+                   help="train_sgd.py also keeps a full checkpoint every N epochs (default: 10)")
     p.add_argument("--resume", nargs="?", const="auto", default="", metavar="PATH",
                    help="resume from PATH, or with no PATH from the save dir's last checkpoint")
     p.add_argument("-e", "--evaluate", action="store_true",
-                   help="only evaluate the starting model on the test set")
+                   help="only evaluate the starting model (with --resume PATH: the checkpoint's) "
+                        "on the test set")
+    p.add_argument("--pretrained", action="store_true",
+                   help="torchvision's ImageNet weights for ImageNet and folder architectures; "
+                        "accepted and without effect for the CIFAR architectures, as the authors'")
     p.add_argument("--half", action="store_true",
                    help="fp16 autocast with loss scaling on CUDA (the authors' flag)")
     p.add_argument("--randomseed", default=1, type=int, metavar="S",
@@ -117,8 +125,8 @@ def add_common_arguments(parser, *, arch, epochs, lr, batch_size, workers=4):
     p.add_argument("--device", default=None,
                    help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when present, else cpu)")
     p.add_argument("--amp", default=None, choices=("bf16", "fp16"),
-                   help="autocast precision; fp16 uses loss scaling (P-BFGS: bf16 recommended); "
-                        "--half means fp16")
+                   help="autocast precision; fp16 uses loss scaling (P-BFGS: bf16 only); --half "
+                        "means fp16")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    help="precision of parameters and computation; float64 is slow, for numerical "
                         "checks such as comparing runs with different numbers of processes")
@@ -138,6 +146,10 @@ def add_common_arguments(parser, *, arch, epochs, lr, batch_size, workers=4):
 def add_subspace_arguments(parser, *, n_components=40, params_end=51):
     """The flags of the two subspace scripts: which samples, how many directions, which basis."""
     p = parser
+    p.add_argument("--weight-decay", "--weight_decay", "--wd", dest="weight_decay", default=1e-4,
+                   type=float, metavar="W",
+                   help="accepted for the authors' command lines; P-BFGS and P-SGD use none, as "
+                        "theirs (default: 1e-4)")
     p.add_argument("--n_components", "--n-components", dest="n_components", default=n_components,
                    type=positive_int, metavar="K",
                    help=f"dimension of the subspace (default: {n_components})")

@@ -59,6 +59,18 @@ def load_cifar100(train, root):
     return _cifar(train, root, torchvision.datasets.CIFAR100, CIFAR100_MEAN, CIFAR100_STD)
 
 
+def load_mnist(train, root):
+    """torchvision's MNIST, as 3x32x32 images for the CIFAR architectures: the 28x28 digits with a
+    2-pixel zero border, repeated over 3 channels; not normalised (the authors' ToTensor alone)."""
+    import torchvision
+    try:
+        ds = torchvision.datasets.MNIST(root=root, train=train, download=True)
+    except Exception as e:  # download or archive failure: one line naming the folder
+        raise UsageError(f"--data-root {root}: cannot read or download MNIST ({e})")
+    images = F.pad(ds.data, (2, 2, 2, 2))[:, None].expand(-1, 3, -1, -1).contiguous()
+    return ImageSet(images, ds.targets.to(torch.int64), 10, (0.0,) * 3, (1.0,) * 3, augment=False)
+
+
 # The test images of DIGITS: sklearn's train_test_split(test_size=360, stratify=target,
 # random_state=0), frozen as a 1797-bit mask (hex, most significant bit first) so that the split
 # does not change with the scikit-learn version. tests/test_data.py checks it against
@@ -197,6 +209,7 @@ def load_imagenet(train, root):
 DATASETS = {
     "CIFAR10": load_cifar10,
     "CIFAR100": load_cifar100,
+    "MNIST": load_mnist,
     "DIGITS": load_digits,
     "SYNTHETIC": load_synthetic,
     "ImageNet": load_imagenet,

@@ -2,6 +2,7 @@
 samples and their basis, and the names of a run's output files."""
 import os
 
+import numpy as np
 import torch
 
 from .basis import streaming_subspace_basis, subspace_basis
@@ -10,8 +11,8 @@ from .cli import UsageError
 from .data import check_dataset_name
 from .networks import check_arch_name
 from .optim import trainable_parameters
-from .records import check_provenance
-from .training import log
+from .records import NOISE_RECORD, check_provenance
+from .progress import log
 from .samples import check_sample_range, load_sample_matrix, sample_path
 
 STREAMING_BASIS_BYTES = 2 << 30  # float32 sample matrices above this use the streaming basis
@@ -95,8 +96,25 @@ def trajectory_basis(samples, n_components, device):
     return basis, ratios.tolist()
 
 
-def log_basis(ratios, epochs, params_step, seconds, streamed):
-    """The line that reports the DLDR basis: its size, its samples and their explained variance."""
-    log(f"=> DLDR basis{' (streaming)' if streamed else ''}: {len(ratios)} directions from "
-        f"{len(epochs)} samples {describe_sample_epochs(epochs, params_step)} in {seconds:.2f} s; "
-        f"explained variance {sum(ratios):.4f} (top 5: {', '.join(f'{r:.4f}' for r in ratios[:5])})")
+def log_basis(basis_shape, ratios, epochs, params_start, params_end, params_step, seconds,
+              streamed):
+    """The authors' lines about the basis (``params:``, ``W:``, ``ratio:``, ``P:``, formatted as
+    their print of numpy values), then this project's summary line."""
+    k, dim = basis_shape
+    log(f"params: from {params_start} to {params_end}")
+    log(f"W: {(len(epochs), dim)}")
+    log(f"ratio: {np.asarray(ratios)}")
+    log(f"P: {(k, dim)}")
+    log(f"=> DLDR basis{' (streaming)' if streamed else ''}: {k} directions from {len(epochs)} "
+        f"samples {describe_sample_epochs(epochs, params_step)} in {seconds:.2f} s; explained "
+        f"variance {sum(ratios):.4f} (top 5: {', '.join(f'{r:.4f}' for r in ratios[:5])})")
+
+
+def note_unchecked_noise(save_dir, corrupt):
+    """Samples without a noise record (the authors' scripts kept theirs in a pickle of their own)
+    cannot show which labels they were trained with: say so, and how these are drawn."""
+    if corrupt > 0 and not os.path.exists(os.path.join(save_dir, NOISE_RECORD)):
+        log(f"=> --corrupt {corrupt}: {save_dir} has no {NOISE_RECORD} (samples of the authors' "
+            "scripts?), so these noisy labels cannot be checked against the trajectory's; they are "
+            f"drawn from --randomseed: round({corrupt} N) positions chosen at random, new labels "
+            "uniform over all classes")

@@ -1,20 +1,8 @@
-"""The training loop's tools: seeding, devices and precision, progress lines, evaluation."""
-import datetime
-import time
-
+"""The training loop's tools: seeding, devices, precision and torch.compile."""
 import torch
-import torch.nn.functional as F
 
 from .cli import UsageError
-from .distributed import all_reduce_sum_, world
-
-
-def log(msg):
-    print(msg, flush=True)
-
-
-def format_eta(seconds):
-    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+from .distributed import world
 
 
 def seed_everything(seed):
@@ -77,96 +65,3 @@ def step_marker(device, compiled):
     if compiled and device.type == "cuda":
         return torch.compiler.cudagraph_mark_step_begin
     return lambda: None
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-class EpochProgress:
-    """The authors' progress line, ``Epoch: [e][i/n] Time .. Loss .. Prec@1 ..``, plus img/s and ETA.
-
-    Loss and accuracy are accumulated on the device and read back only at print time, so a fast
-    GPU step is not stalled by a host synchronisation every iteration.
-    """
-
-    def __init__(self, epoch, num_batches, print_freq, epochs_left_after=0, header="Epoch"):
-        self.epoch, self.n, self.print_freq = epoch, num_batches, print_freq
-        self.epochs_left_after = epochs_left_after
-        self.header = header
-        self.start = self.last = time.time()
-        self.printed = 0  # batches done at the last progress line
-        self.loss_sum = self.correct = None
-        self.seen = 0
-        self.processes = world()[1]  # img/s counts every process (rank 0's count times this)
-
-    def update(self, i, loss, output, target):
-        n = target.shape[0]
-        loss_sum = loss.detach().float() * n
-        correct = (output.detach().argmax(1) == target).sum()
-        self.loss_sum = loss_sum if self.loss_sum is None else self.loss_sum + loss_sum
-        self.correct = correct if self.correct is None else self.correct + correct
-        self.seen += n
-        if i % self.print_freq == 0 or i == self.n - 1:
-            now = time.time()
-            elapsed, done = now - self.start, i + 1
-            recent = (now - self.last) / max(done - self.printed, 1)  # per batch since last line
-            self.last, self.printed = now, done
-            per_batch = elapsed / done
-            eta = per_batch * (self.n - done) + per_batch * self.n * self.epochs_left_after
-            log(f"{self.header}: [{self.epoch}][{i}/{self.n}]\t"
-                f"Time {recent:.3f} ({per_batch:.3f})\t"
-                f"Loss {loss.item():.4f} ({self.loss:.4f})\t"
-                f"Prec@1 {100.0 * correct.item() / n:.3f} ({self.accuracy:.3f})\t"
-                f"{self.seen * self.processes / max(elapsed, 1e-9):.0f} img/s\tETA {format_eta(eta)}")
-
-    def finish(self):
-        """End of the epoch: under torchrun, loss, accuracy and images seen become the totals
-        over all processes (the progress lines during the epoch show rank 0's share)."""
-        if world()[1] > 1:
-            device = self.loss_sum.device if self.loss_sum is not None else None
-            totals = torch.tensor([0.0 if self.loss_sum is None else self.loss_sum.item(),
-                                   0.0 if self.correct is None else float(self.correct.item()),
-                                   float(self.seen)], dtype=torch.float64, device=device)
-            loss_sum, correct, seen = all_reduce_sum_(totals).tolist()
-            self.loss_sum, self.correct = torch.tensor(loss_sum), torch.tensor(correct)
-            self.seen = int(seen)
-        return self
-
-    @property
-    def loss(self):
-        return self.loss_sum.item() / max(self.seen, 1) if self.seen else float("nan")
-
-    @property
-    def accuracy(self):
-        return 100.0 * self.correct.item() / max(self.seen, 1) if self.seen else 0.0
-
-    def check_finite(self, loss, i):
-        if not torch.isfinite(loss).item():
-            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {self.epoch}, step {i}")
-
-
-@torch.no_grad()
-def evaluate(model, loader, amp=None):
-    """(mean loss, top-1 accuracy in %) over a loader, model in eval mode."""
-    model.eval()
-    seen = 0
-    loss_acc = torch.zeros((), dtype=torch.float64)
-    correct_acc = torch.zeros((), dtype=torch.int64)
-    for x, y in loader:
-        with autocast(x.device, amp):
-            out = model(x)
-        loss_acc = loss_acc.to(out.device) + F.cross_entropy(full_precision(out), y, reduction="sum").double()
-        correct_acc = correct_acc.to(out.device) + (out.argmax(1) == y).sum()
-        seen += y.shape[0]
-    model.train()
-    loss_sum, correct = loss_acc.item(), correct_acc.item()
-    if world()[1] > 1:  # each process evaluated its shard of the test set
-        totals = torch.tensor([loss_sum, float(correct), float(seen)], dtype=torch.float64,
-                              device=next(model.parameters()).device)
-        loss_sum, correct, seen = all_reduce_sum_(totals).tolist()
-    return loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1)
-
-
-def log_test(prec, loss):
-    log(f" * Prec@1 {prec:.3f}\tLoss {loss:.4f}")

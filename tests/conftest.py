@@ -1,8 +1,12 @@
+import gzip
+import hashlib
 import importlib
 import os
+import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,3 +46,59 @@ def digits_samples(tmp_path_factory):
                     "--lr", 0.1, "--batch-size", 64, "--save-dir", save, "--print-freq", 100,
                     "--randomseed", 3, "--device", "cpu", "--corrupt", 0.1) == 0
     return save
+
+
+def write_cifar(root, cifar100, monkeypatch, n_train=50, n_test=20, seed=0):
+    """A small archive in torchvision's CIFAR format under ``root``; torchvision's expected
+    checksums are replaced by those of the files written here. Returns (train images (N, 3072)
+    uint8, train labels)."""
+    import torchvision
+    rng = np.random.default_rng(seed)
+    folder = root / ("cifar-100-python" if cifar100 else "cifar-10-batches-py")
+    folder.mkdir(parents=True)
+    classes = 100 if cifar100 else 10
+    label_key = "fine_labels" if cifar100 else "labels"
+    written = {}
+
+    def dump(name, obj):
+        with open(folder / name, "wb") as f:
+            pickle.dump(obj, f)
+        written[name] = hashlib.md5((folder / name).read_bytes()).hexdigest()
+
+    batches = ["train"] if cifar100 else [f"data_batch_{i}" for i in range(1, 6)]
+    per = n_train // len(batches)
+    all_x, all_y = [], []
+    for name in batches:
+        x = rng.integers(0, 256, (per, 3072), dtype=np.uint8)
+        y = rng.integers(0, classes, per).tolist()
+        dump(name, {"data": x, label_key: y})
+        all_x.append(x)
+        all_y += y
+    test_name = "test" if cifar100 else "test_batch"
+    tx = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
+    dump(test_name, {"data": tx, label_key: rng.integers(0, classes, n_test).tolist()})
+    meta_name, key = ("meta", "fine_label_names") if cifar100 else ("batches.meta", "label_names")
+    dump(meta_name, {key: [f"class{i}" for i in range(classes)]})
+    cls = torchvision.datasets.CIFAR100 if cifar100 else torchvision.datasets.CIFAR10
+    monkeypatch.setattr(cls, "train_list", [[b, written[b]] for b in batches])
+    monkeypatch.setattr(cls, "test_list", [[test_name, written[test_name]]])
+    monkeypatch.setattr(cls, "meta", {"filename": meta_name, "key": key, "md5": written[meta_name]})
+    return np.concatenate(all_x), all_y
+
+
+def write_mnist(root, n_train=40, n_test=12, seed=0):
+    """A small archive in torchvision's raw MNIST format (idx files) under ``root``/MNIST/raw.
+    Returns the training images (N, 28, 28) uint8 and labels."""
+    rng = np.random.default_rng(seed)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    out = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(
+            np.array([2051, n, 28, 28], ">i4").tobytes() + images.tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(
+            np.array([2049, n], ">i4").tobytes() + labels.tobytes())
+        out[split] = images, labels
+    return out["train"]

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-import dldr.training
+import dldr.progress
 import utils
 from conftest import ROOT, run_here, run_script
 
@@ -93,14 +93,14 @@ def test_subspace_script_stopped_and_resumed_ends_identical(short_samples, tmp_p
     _copy_samples(short_samples, stopped)
     assert run_here(script, *common, "--save-dir", straight) == 0
 
-    update = dldr.training.EpochProgress.update
+    update = dldr.progress.EpochProgress.update
 
     def dies_in_epoch_1(progress, i, *args):
-        if progress.epoch == 1 and i == 2:
+        if progress.epoch == 1 and i >= 2:
             raise Stopped
         return update(progress, i, *args)
 
-    monkeypatch.setattr(dldr.training.EpochProgress, "update", dies_in_epoch_1)
+    monkeypatch.setattr(dldr.progress.EpochProgress, "update", dies_in_epoch_1)
     with pytest.raises(Stopped):
         run_here(script, *common, "--save-dir", stopped)
     monkeypatch.undo()
