@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 
 import summarize  # noqa: E402
@@ -33,20 +34,27 @@ def style(tag):
 
 
 def plot_curves(runs):
+    """Test accuracy and training loss per epoch; each run's final accuracy with re-estimated
+    BatchNorm statistics marked (a diamond) at its last epoch."""
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     for tag in sorted(runs, key=lambda t: list(STYLE).index(t) if t in STYLE else 99):
         epochs = runs[tag]["epochs"]
         label, color, ls = style(tag)
         ax_acc.plot([e["epoch"] for e in epochs], [e["test_acc"] for e in epochs], ls, color=color,
                     label=label)
+        bn = summarize.final_bn(runs[tag])
+        if bn is not None:
+            ax_acc.plot([epochs[-1]["epoch"]], [bn], "D", color=color, ms=6, mfc="none",
+                        label=f"{label}, final with BatchNorm re-estimated")
         trained = [e for e in epochs if "train_loss" in e]
         ax_loss.plot([e["epoch"] for e in trained], [e["train_loss"] for e in trained], ls,
                      color=color, label=label)
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
     ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="Training loss")
     for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -74,6 +82,7 @@ def plot_explained_variance(samples):
     ax.plot(range(1, k + 1), ratios.cumsum(), "o-", color="tab:red", ms=3, label="cumulative")
     ax.set(xlabel="principal direction", ylabel="explained variance ratio", ylim=(0, 1.02),
            title=f"SGD trajectory, {len(samples)} samples")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -105,6 +105,7 @@ def main(argv=None):
                                      kind=args.loader, workers=args.workers, seed=args.randomseed)
     test_loader = utils.make_loader(test_set, utils.test_batch_size(args.datasets, args.batch_size),
                                     device, shuffle=False, kind=args.loader, workers=args.workers)
+    bn_loader = utils.bn_loader(train_set, args.batch_size, device, args.loader, args.workers)
     results = utils.Results(os.path.join(args.save_dir, results_name), "psgd", dict(vars(args)),
                             {"explained_variance_ratio": ratios, "basis": args.basis})
     start_epoch, best_prec1 = args.start_epoch, 0.0
@@ -122,10 +123,10 @@ def main(argv=None):
         start_epoch, best_prec1 = utils.resume_run(path, model, stateful, train_loader, results)
     else:
         utils.fast_forward(scheduler, start_epoch)  # --start-epoch N: the schedule of epoch N
-        loss, prec = utils.evaluate(step_model, test_loader, amp)
-        utils.log(f"=> sample {args.params_start}, the restart: Prec@1 {prec:.3f}\tLoss {loss:.4f}")
-        results.add(epoch=start_epoch, test_loss=loss, test_acc=prec, time=0.0,
-                    coords=[0.0] * len(basis))
+        start = results.data["start"] = utils.evaluate_twice(
+            model, step_model, test_loader, bn_loader, amp, f"sample {args.params_start}, the restart")
+        results.add(epoch=start_epoch, test_loss=start["test_loss"], test_acc=start["test_acc"],
+                    time=0.0, coords=[0.0] * len(basis))
 
     begin_step = utils.step_marker(device, args.compile)
     utils.log(f"Train: {(start_epoch, args.epochs)}")
@@ -144,12 +145,22 @@ def main(argv=None):
         train_time = time.time() - epoch_start
         test_loss, prec1 = utils.evaluate(step_model, test_loader, amp, args.print_freq)
         utils.log_test(prec1, test_loss)
+        bn = utils.evaluate_reestimated(model, step_model, test_loader, bn_loader,
+                                        amp) if args.bn_reestimate else None
+        if bn is not None:
+            utils.log(f"=> BatchNorm statistics re-estimated: Prec@1 {bn[1]:.3f}\tLoss {bn[0]:.4f}")
         best_prec1 = max(best_prec1, prec1)
         results.add(epoch=epoch + 1, train_loss=progress.loss, train_acc=progress.accuracy,
                     test_loss=test_loss, test_acc=prec1, lr=current_lr, train_time=train_time,
-                    time=time.time() - epoch_start, coords=(basis @ (flat.data - w_start)).tolist())
+                    time=time.time() - epoch_start, coords=(basis @ (flat.data - w_start)).tolist(),
+                    **({"test_loss_bn": bn[0], "test_acc_bn": bn[1]} if bn else {}))
         ckpt = utils.checkpoint_state(epoch + 1, model, stateful, train_loader, best_prec1, results)
         utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, ckpt_name))
+    # The final weights judged twice: as the authors' scripts do, and with BatchNorm statistics
+    # re-estimated (which the saved model keeps with --bn-reestimate)
+    results.data["final"] = utils.evaluate_twice(model, step_model, test_loader, bn_loader, amp,
+                                                 "final", keep=args.bn_reestimate)
+    results.save()
     utils.save_model(model, os.path.join(args.save_dir, final_name))
     utils.log_subspace_lists(results.data["epochs"], time.time() - run_start, best_prec1)
     utils.log(f"=> P-SGD done: best Prec@1 {best_prec1:.3f}, total time "

@@ -195,6 +195,10 @@ def main(argv=None):
         utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, "checkpoint.pt"))
         if (epoch + 1) % args.save_every == 0:
             utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, f"checkpoint_{epoch + 1}.pt"))
+    bn_loader = utils.bn_loader(train_set, args.batch_size, device, args.loader, args.workers)
+    results.data["final"] = utils.evaluate_twice(model, eval_model, test_loader, bn_loader, amp,
+                                                 "final")
+    results.save()
     utils.log_sgd_lists(results.data["epochs"])
     utils.log(f"=> SGD done: best Prec@1 {best_prec1:.3f}, total time "
               f"{utils.format_eta(time.time() - run_start)}, samples {start_epoch}..{args.epochs} "

@@ -16,13 +16,15 @@ Around them:
    dldr/networks.py      which network --arch names (models/ or torchvision), its dtype
    dldr/training.py      seeding, devices, precision, torch.compile
    dldr/progress.py      the log lines (the authors' formats), evaluation, end-of-run lists
+   dldr/batchnorm.py     BatchNorm statistics re-estimated on the training data
    dldr/files.py         atomic writes and weights-only loading
    dldr/checkpoints.py   exact resume
    dldr/distributed.py   torchrun: sums over processes, BatchNorm over the global batch
    models/               the architectures, one file per family, each registered under its --arch
 """
 from dldr.basis import random_basis, streaming_subspace_basis, subspace_basis
-from dldr.batches import MemoryLoader, crop_flip, make_loader, test_batch_size
+from dldr.batches import MemoryLoader, bn_loader, crop_flip, make_loader, test_batch_size
+from dldr.batchnorm import evaluate_reestimated, evaluate_twice, has_batchnorm, reestimate_bn
 from dldr.checkpoints import (checkpoint_state, fast_forward, find_resume_checkpoint,
                               load_weights, resume_run)
 from dldr.cli import (ArgumentParser, UsageError, add_common_arguments, add_subspace_arguments,

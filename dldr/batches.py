@@ -32,14 +32,16 @@ class MemoryLoader:
     gives the same batches on any device) and its state is part of a checkpoint.
     """
 
-    def __init__(self, data, batch_size, device, shuffle, seed=0, padding=4):
+    def __init__(self, data, batch_size, device, shuffle, seed=0, padding=4, split_batches=None):
         self.data = data
         self.batch_size = batch_size
         # Under torchrun every process draws the same permutation and augmentation, then takes
-        # its part of each global batch (training) or its shard of the split (evaluation).
+        # its part of each global batch (training, and BatchNorm re-estimation: split_batches) or
+        # its shard of the split (evaluation).
         self.rank, self.world_size = world()
         self.device = device
         self.shuffle = shuffle
+        self.split_batches = shuffle if split_batches is None else split_batches
         self.augment = data.augment and shuffle
         self.padding = padding
         self.generator = torch.Generator().manual_seed(seed)
@@ -54,7 +56,7 @@ class MemoryLoader:
     def _batches(self):
         """(start, end) of the batches this process iterates over, in positions of ``order``."""
         n, b, w = len(self.data), self.batch_size, self.world_size
-        if not self.shuffle and w > 1:
+        if not self.split_batches and w > 1:
             shard = torch.tensor_split(torch.arange(n), w)[self.rank]
             lo, hi = (int(shard[0]), int(shard[-1]) + 1) if len(shard) else (0, 0)
             return [(s, min(s + b, hi)) for s in range(lo, hi, b)]
@@ -78,7 +80,7 @@ class MemoryLoader:
         order = order.to(self.device)
         size = self.data.images.shape[-1]
         for start, end in self._batches():
-            if self.shuffle and self.world_size > 1:  # this process's part of the global batch
+            if self.split_batches and self.world_size > 1:  # this process's part of the batch
                 part = torch.tensor_split(torch.arange(start, end), self.world_size)[self.rank]
                 start, end = int(part[0]), int(part[-1]) + 1
             idx = order[start:end]
@@ -135,7 +137,7 @@ class _DeviceLoader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
-def _dataloader(view, batch_size, device, shuffle, workers, seed):
+def _dataloader(view, batch_size, device, shuffle, workers, seed, split_batches=None):
     """A DataLoader over ``view`` whose batches land on the device.
 
     Under torchrun each process reads its part: for training a DistributedSampler (shuffled from
@@ -145,8 +147,8 @@ def _dataloader(view, batch_size, device, shuffle, workers, seed):
     rank, size = world()
     generator = torch.Generator().manual_seed(seed)
     sampler = None
-    if size > 1 and shuffle:
-        sampler = torch.utils.data.DistributedSampler(view, size, rank, shuffle=True, seed=seed)
+    if size > 1 and (shuffle if split_batches is None else split_batches):
+        sampler = torch.utils.data.DistributedSampler(view, size, rank, shuffle=shuffle, seed=seed)
         batch_size = max(1, batch_size // size)
     elif size > 1:
         view = torch.utils.data.Subset(
@@ -166,12 +168,15 @@ def test_batch_size(datasets, batch_size):
     return batch_size if datasets in FOLDER_DATASETS else 128
 
 
-def make_loader(data, batch_size, device, shuffle, kind="memory", workers=4, seed=0):
+def make_loader(data, batch_size, device, shuffle, kind="memory", workers=4, seed=0,
+                split_batches=None):
     """The batch source of a split: a MemoryLoader (``kind`` "memory"), or torchvision transforms in
     a DataLoader ("dataloader"; always for image folders, which are decoded from disk per batch).
-    Training splits (``shuffle``) of augmented datasets get random crops and flips."""
+    Training splits (``shuffle``) of augmented datasets get random crops and flips. Under torchrun
+    each global batch is split over the processes when shuffled or ``split_batches``, else each
+    process takes a shard of the split."""
     if kind == "memory" and not isinstance(data, FolderSet):
-        return MemoryLoader(data, batch_size, device, shuffle, seed)
+        return MemoryLoader(data, batch_size, device, shuffle, seed, split_batches=split_batches)
     import torchvision.transforms as T  # here: the in-memory path does without torchvision
     if isinstance(data, FolderSet):
         if data.augment and shuffle:
@@ -179,7 +184,16 @@ def make_loader(data, batch_size, device, shuffle, kind="memory", workers=4, see
         else:
             steps = [T.Resize(256), T.CenterCrop(224)]
         transform = T.Compose(steps + [T.ToTensor(), T.Normalize(data.mean, data.std)])
-        return _dataloader(_FolderView(data, transform), batch_size, device, shuffle, workers, seed)
+        return _dataloader(_FolderView(data, transform), batch_size, device, shuffle, workers, seed,
+                           split_batches)
     steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if data.augment and shuffle else []
     transform = T.Compose(steps + [T.ConvertImageDtype(torch.float32), T.Normalize(data.mean, data.std)])
-    return _dataloader(_TorchvisionView(data, transform), batch_size, device, shuffle, workers, seed)
+    return _dataloader(_TorchvisionView(data, transform), batch_size, device, shuffle, workers, seed,
+                       split_batches)
+
+
+def bn_loader(data, batch_size, device, kind="memory", workers=4):
+    """The training images in order, without augmentation (as the test images are seen), for
+    re-estimating BatchNorm statistics; under torchrun each batch split over the processes."""
+    return make_loader(data, batch_size, device, shuffle=False, kind=kind, workers=workers,
+                       split_batches=True)

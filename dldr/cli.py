@@ -171,6 +171,11 @@ def add_subspace_arguments(parser, *, n_components=40, params_end=51):
     p.add_argument("--basis", default="dldr", choices=("dldr", "random"),
                    help="dldr: the trajectory's principal directions; random: an orthonormal "
                         "random basis of the same size (the control)")
+    p.add_argument("--bn-reestimate", "--bn_reestimate", dest="bn_reestimate", action="store_true",
+                   help="also evaluate with BatchNorm statistics re-estimated on the training data "
+                        "after every epoch, and save the final model with them (every run "
+                        "evaluates its final weights both ways; without this flag the saved model "
+                        "keeps the statistics training left, as the authors')")
     p.add_argument("--output-tag", "--output_tag", dest="output_tag", default=None, type=output_tag,
                    metavar="TAG",
                    help="suffix for this run's output files, so several subspace runs can share one "

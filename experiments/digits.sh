@@ -1,28 +1,29 @@
 #!/usr/bin/env bash
-# Reproduction of the paper's claims on scikit-learn's DIGITS (offline, CPU), written to
-# REPRODUCTION.md by experiments/report.py from the measured runs.
+# The paper's claims tested on scikit-learn's DIGITS (offline, CPU), in the paper's proportions;
+# experiments/report.py writes REPRODUCTION.md and its figure from the measured runs.
 #
-#   experiments/digits.sh               all runs (about an hour on 2 cores), then the report
+#   experiments/digits.sh                all runs (about 80 minutes on 2 cores), then the report
 #   REPORT_ONLY=1 experiments/digits.sh  rebuild the report from the runs already in RUNS_DIR
 #
-# For every label-noise level and seed: SGD sampling (train_sgd.py); then, from the samples
-# 0..PARAMS_END-1, P-SGD, P-BFGS and the random-basis P-SGD control for every subspace size.
+# Proportions (the paper: 150 SGD epochs, first LR drop at 100, basis from samples 0..80 with 40
+# directions, 20 P-BFGS and 40 P-SGD epochs): SGD_EPOCHS of SGD with the LR drop at 2/3 of them;
+# the basis from the first PARAMS_END samples, all before the drop; SIZES around half as many
+# directions as samples; P-BFGS and P-SGD budgets of 20/150 and 40/150 of SGD's. For every noise
+# level and seed: SGD sampling, then P-BFGS and P-SGD for every size; at noise 0 also the
+# random-basis control for every size, and the fifth claim: P-SGD and P-BFGS restarted from the
+# first sample after the LR drop, in the subspace of the samples after the drop.
 # A run whose results file is complete is not run again, so an interrupted script picks up where
-# it stopped; FRESH=1 deletes RUNS_DIR first. Every run is seeded and single-threaded
-# (THREADS=1), so running the script again with the same settings reproduces the same numbers.
+# it stopped; FRESH=1 deletes RUNS_DIR first. Every run is seeded and single-threaded (THREADS=1).
 # Settings (environment variables, defaults in brackets):
-#   SEEDS ["1 2 3"]  NOISES ["0 0.2 0.4"]  SIZES ["5 10 15"]  ARCH [resnet20]
-#   SGD_EPOCHS [20]  PSGD_EPOCHS [4]  PBFGS_EPOCHS [4]  RANDOM_EPOCHS [2]  PARAMS_END [16]
+#   SEEDS ["1 2 3"]  NOISES ["0 0.2 0.4"]  SIZES ["4 8 12"]  ARCH [resnet20]  SGD_EPOCHS [30]
 #   SMALL [unset: --smalldatasets fraction, for quick checks]  JOBS [nproc]  THREADS [1]
 #   RUNS_DIR [experiments/runs/digits]  REPORT [REPRODUCTION.md]  PYTHON [python]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export PY=${PYTHON:-python}
-export SEEDS=${SEEDS:-"1 2 3"} NOISES=${NOISES:-"0 0.2 0.4"} SIZES=${SIZES:-"5 10 15"}
-export ARCH=${ARCH:-resnet20}
-export SGD_EPOCHS=${SGD_EPOCHS:-20} PSGD_EPOCHS=${PSGD_EPOCHS:-4} PBFGS_EPOCHS=${PBFGS_EPOCHS:-4}
-export RANDOM_EPOCHS=${RANDOM_EPOCHS:-2} PARAMS_END=${PARAMS_END:-16} SMALL=${SMALL:-}
+export SEEDS=${SEEDS:-"1 2 3"} NOISES=${NOISES:-"0 0.2 0.4"} SIZES=${SIZES:-"4 8 12"}
+export ARCH=${ARCH:-resnet20} SGD_EPOCHS=${SGD_EPOCHS:-30} SMALL=${SMALL:-}
 export RUNS_DIR=${RUNS_DIR:-experiments/runs/digits}
 REPORT=${REPORT:-REPRODUCTION.md}
 JOBS=${JOBS:-$(nproc)}
@@ -30,16 +31,24 @@ JOBS=${JOBS:-$(nproc)}
 # JOBS runs side by side use the cores better than one run with several threads.
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 
+# The paper's proportions, from SGD_EPOCHS (E): LR drop at 2E/3 (100 of 150); the basis from
+# samples 0..round(0.54 E)-1 (0..80 of 150); P-BFGS E*20/150 and P-SGD E*40/150 epochs, P-SGD's
+# LR drop at 3/4 of its budget (30 of 40); the late subspace: the samples after the drop.
+export DROP=$(( SGD_EPOCHS * 2 / 3 ))
+export PARAMS_END=$(( (SGD_EPOCHS * 81 + 75) / 150 ))
+export PBFGS_EPOCHS=$(( (SGD_EPOCHS * 20 + 75) / 150 )) PSGD_EPOCHS=$(( (SGD_EPOCHS * 40 + 75) / 150 ))
+export PSGD_DROP=$(( PSGD_EPOCHS * 3 / 4 ))
+export LATE_START=$(( DROP + 1 )) LATE_END=$(( SGD_EPOCHS + 1 ))
+export LATE_K=$(( (LATE_END - LATE_START) / 2 ))
+if (( PARAMS_END > DROP || PBFGS_EPOCHS < 1 || PSGD_DROP < 1 || LATE_K < 1 )); then
+    echo "SGD_EPOCHS=$SGD_EPOCHS is too small for the paper's proportions (try 30)" >&2; exit 2
+fi
+
 [[ -n "${FRESH:-}" ]] && rm -rf "$RUNS_DIR"
 mkdir -p "$RUNS_DIR"
 
-# SGD milestones at half and three quarters of the run, as in the demo (20 epochs: 10,15).
-export SGD_MILESTONES="$(( SGD_EPOCHS / 2 )),$(( SGD_EPOCHS * 3 / 4 ))"
-export PSGD_MILESTONES="$(( (PSGD_EPOCHS + 1) / 2 )),$(( PSGD_EPOCHS * 5 / 6 ))"
-
-complete() {  # complete RESULTS_FILE EPOCHS: the results file exists and reached the last epoch
-    [[ -f "$1" ]] && "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1]))
-sys.exit(0 if r["epochs"] and r["epochs"][-1]["epoch"] >= int(sys.argv[2]) else 1)' "$1" "$2"
+complete() {  # complete RESULTS_FILE: the results file exists and holds the final evaluation
+    [[ -f "$1" ]] && "$PY" -c 'import json,sys; sys.exit(0 if "final" in json.load(open(sys.argv[1])) else 1)' "$1"
 }
 
 job() {  # job METHOD NOISE SEED [K]
@@ -48,24 +57,26 @@ job() {  # job METHOD NOISE SEED [K]
     local common=(--datasets DIGITS --arch "$ARCH" --device cpu --randomseed "$seed"
                   --corrupt "$noise" --save-dir "$dir" --print-freq 1000)
     [[ -n "$SMALL" ]] && common+=(--smalldatasets "$SMALL")
-    local sub=(--params_start 0 --params_end "$PARAMS_END" --n_components "$k" --output-tag "k$k")
-    local results epochs cmd
+    local early=(--params_start 0 --params_end "$PARAMS_END" --n_components "$k" --output-tag "k$k")
+    local late=(--params_start "$LATE_START" --params_end "$LATE_END" --n_components "$LATE_K"
+                --output-tag late)
+    local pbfgs=(train_pbfgs.py "${common[@]}" --epochs "$PBFGS_EPOCHS" --batch-size 128)
+    local psgd=(train_psgd.py "${common[@]}" --epochs "$PSGD_EPOCHS" --lr 1 --batch-size 64
+                --milestones "$PSGD_DROP")
+    local results cmd
     case $method in
-        sgd)    results="$dir/results_sgd.json" epochs=$SGD_EPOCHS
-                cmd=(train_sgd.py "${common[@]}" --epochs "$SGD_EPOCHS" --lr 0.1 --batch-size 64
-                     --milestones "$SGD_MILESTONES" --overwrite) ;;
-        psgd)   results="$dir/results_psgd_k$k.json" epochs=$PSGD_EPOCHS
-                cmd=(train_psgd.py "${common[@]}" "${sub[@]}" --epochs "$PSGD_EPOCHS" --lr 1
-                     --batch-size 64 --milestones "$PSGD_MILESTONES") ;;
-        pbfgs)  results="$dir/results_pbfgs_k$k.json" epochs=$PBFGS_EPOCHS
-                cmd=(train_pbfgs.py "${common[@]}" "${sub[@]}" --epochs "$PBFGS_EPOCHS"
-                     --batch-size 128) ;;
-        random) results="$dir/results_psgd_random_k$k.json" epochs=$RANDOM_EPOCHS
-                cmd=(train_psgd.py "${common[@]}" "${sub[@]}" --epochs "$RANDOM_EPOCHS" --lr 1
-                     --batch-size 64 --milestones "$PSGD_MILESTONES" --basis random) ;;
+        sgd)        results="$dir/results_sgd.json"
+                    cmd=(train_sgd.py "${common[@]}" --epochs "$SGD_EPOCHS" --lr 0.1 --batch-size 64
+                         --milestones "$DROP" --overwrite) ;;
+        pbfgs)      results="$dir/results_pbfgs_k$k.json" cmd=("${pbfgs[@]}" "${early[@]}") ;;
+        psgd)       results="$dir/results_psgd_k$k.json" cmd=("${psgd[@]}" "${early[@]}") ;;
+        random)     results="$dir/results_psgd_random_k$k.json"
+                    cmd=("${psgd[@]}" "${early[@]}" --basis random) ;;
+        pbfgs_late) results="$dir/results_pbfgs_late.json" cmd=("${pbfgs[@]}" "${late[@]}") ;;
+        psgd_late)  results="$dir/results_psgd_late.json" cmd=("${psgd[@]}" "${late[@]}") ;;
     esac
     local name="$method${k:+ k=$k} noise=$noise seed=$seed"
-    if complete "$results" "$epochs"; then echo "done already: $name"; return 0; fi
+    if complete "$results"; then echo "done already: $name"; return 0; fi
     mkdir -p "$dir"
     local start=$SECONDS log="$dir/log_$(basename "$results" .json | sed 's/^results_//').txt"
     if "$PY" -u "${cmd[@]}" > "$log" 2>&1; then
@@ -81,9 +92,14 @@ if [[ -z "${REPORT_ONLY:-}" ]]; then
     start=$SECONDS
     for noise in $NOISES; do for seed in $SEEDS; do echo "sgd $noise $seed"; done; done |
         xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
-    for noise in $NOISES; do for seed in $SEEDS; do for k in $SIZES; do
-        for method in pbfgs psgd random; do echo "$method $noise $seed $k"; done
-    done; done; done | xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
+    {
+        for noise in $NOISES; do for seed in $SEEDS; do for k in $SIZES; do
+            echo "pbfgs $noise $seed $k"; echo "psgd $noise $seed $k"
+            [[ $noise == "$(set -- $NOISES; echo "$1")" ]] && echo "random $noise $seed $k"
+        done; done; done
+        first=$(set -- $NOISES; echo "$1")
+        for seed in $SEEDS; do echo "pbfgs_late $first $seed"; echo "psgd_late $first $seed"; done
+    } | xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
     echo "all runs finished in $(( SECONDS - start )) s"
 fi
 

@@ -101,6 +101,11 @@ def test_pbfgs_two_processes_match_one(launch):
                 assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-12)
         assert b["coords"] == pytest.approx(a["coords"], rel=1e-5, abs=1e-9)
     assert torch.allclose(params2, params1, rtol=1e-6, atol=1e-9)
+    # The final evaluation with BatchNorm statistics re-estimated over the global batches
+    final1, final2 = (json.loads((save / f"results_pbfgs_{t}.json").read_text())["final"]
+                      for t in ("one", "two"))
+    assert final2["bn_reestimated"] and final2["test_acc_bn"] == pytest.approx(final1["test_acc_bn"])
+    assert final2["test_loss_bn"] == pytest.approx(final1["test_loss_bn"], rel=1e-6)
     # The step moved the parameters: the comparison is not between two unchanged models.
     start = utils.load_state(str(save / "0.pt"))
     assert (params1 - torch.cat([start[n].reshape(-1).double() for n, _ in

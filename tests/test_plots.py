@@ -30,6 +30,7 @@ def _save_dir(tmp_path):
                   for e in range(4)]
         epochs[0]["coords"] = [0.0, 0.0, 0.0]
         run = {"method": "psgd", "basis": basis, "epochs": epochs,
+               "final": {"test_acc": epochs[-1]["test_acc"], "test_acc_bn": 77.0 + len(tag)},
                "args": {"basis": basis, "params_start": 1, "params_end": 5, "randomseed": 1}}
         json.dump(run, open(tmp_path / f"results_{tag}.json", "w"))
     return tmp_path
@@ -49,10 +50,18 @@ def test_plots_are_valid_images_drawn_from_the_results(tmp_path):
     fig = plot_results.plot_curves(runs)
     acc_ax, loss_ax = fig.axes
     labels = [line.get_label() for line in acc_ax.lines]
-    assert labels == ["SGD", "P-SGD", "P-SGD, random basis"]
-    for line, tag in zip(acc_ax.lines, ["sgd", "psgd", "psgd_random"]):
+    assert labels == ["SGD", "P-SGD", "P-SGD, final with BatchNorm re-estimated",
+                      "P-SGD, random basis", "P-SGD, random basis, final with BatchNorm re-estimated"]
+    curves = [line for line in acc_ax.lines if "final" not in line.get_label()]
+    for line, tag in zip(curves, ["sgd", "psgd", "psgd_random"]):
         assert list(line.get_ydata()) == [e["test_acc"] for e in runs[tag]["epochs"]]
         assert list(line.get_xdata()) == [e["epoch"] for e in runs[tag]["epochs"]]
+    marks = [line for line in acc_ax.lines if "final" in line.get_label()]
+    for line, tag in zip(marks, ["psgd", "psgd_random"]):  # at the last epoch, the re-estimated
+        assert list(line.get_xdata()) == [runs[tag]["epochs"][-1]["epoch"]]
+        assert list(line.get_ydata()) == [runs[tag]["final"]["test_acc_bn"]]
+    ticks = acc_ax.get_xticks()
+    assert all(float(t).is_integer() for t in ticks)  # epochs on whole-number ticks
     for line, tag in zip(loss_ax.lines, ["sgd", "psgd", "psgd_random"]):
         assert list(line.get_ydata()) == [e["train_loss"] for e in runs[tag]["epochs"]]
 
