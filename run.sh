@@ -7,13 +7,14 @@
 #                     replaces an earlier run in SAVE_DIR.
 #   ./run.sh demo     the whole pipeline offline on scikit-learn's DIGITS, on the CPU, in minutes,
 #                     ending with a table of test accuracies. DEMO_DIR sets the folder.
+# Default folders name the seed, so that runs with other seeds side by side never share one.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
 
 if [[ "${1:-}" == "demo" ]]; then
-    DIR=${DEMO_DIR:-demo_runs/digits_resnet20}
     ARCH=${ARCH:-resnet20}
+    DIR=${DEMO_DIR:-demo_runs/digits_${ARCH}_seed${SEED:-1}}
     read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
     COMMON=(--datasets DIGITS --arch "$ARCH" --device "${DEVICE:-cpu}" --randomseed "${SEED:-1}"
             --save-dir "$DIR" --print-freq 100 --loader "${LOADER:-memory}" "${EXTRA[@]}")
@@ -37,7 +38,7 @@ DATASETS=${DATASETS:-CIFAR10}
 ARCH=${ARCH:-resnet20}
 CORRUPT=${CORRUPT:-0}
 SEED=${SEED:-1}
-SAVE_DIR=${SAVE_DIR:-save_${DATASETS}_${ARCH}_corrupt${CORRUPT}}
+SAVE_DIR=${SAVE_DIR:-save_${DATASETS}_${ARCH}_corrupt${CORRUPT}_seed${SEED}}
 LOG=${LOG:-log_${ARCH}}
 DEV=()
 [[ -n "${DEVICE:-}" ]] && DEV=(--device "$DEVICE")

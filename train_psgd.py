@@ -55,13 +55,18 @@ def train_epoch(model, flat, basis, loader, optimizer, scaler, progress, amp, be
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    results_name, final_name, ckpt_name = utils.output_names("psgd", args.basis, args.output_tag)
+    results_name, final_name, ckpt_name, lock_name = utils.output_names("psgd", args.basis,
+                                                                        args.output_tag)
     utils.check_subspace_run(
         args.save_dir, arch=args.arch, datasets=args.datasets, data_root=args.data_root,
         corrupt=args.corrupt, smalldatasets=args.smalldatasets, randomseed=args.randomseed,
         params_start=args.params_start, params_end=args.params_end, params_step=args.params_step,
         n_components=args.n_components, basis=args.basis, resume=args.resume,
         checkpoint_name=ckpt_name)
+    lock = utils.OutputLock(args.save_dir, lock_name,
+                            f"{results_name}, {final_name} and {ckpt_name}")
+    if not args.evaluate:
+        lock.check()
     device = utils.resolve_device(args.device)
     amp = utils.amp_mode(args.amp, args.half, args.dtype)
     if not args.lr > 0:
@@ -83,7 +88,8 @@ def main(argv=None):
         samples = utils.load_samples(args.save_dir, epochs, model, args.arch, args.streaming_basis)
         basis, ratios = utils.trajectory_basis(samples, args.n_components, device)
         utils.log_basis(basis.shape, ratios, epochs, args.params_start, args.params_end,
-                        args.params_step, time.time() - start, streamed=not torch.is_tensor(samples))
+                        args.params_step, time.time() - start,
+                        streamed=not torch.is_tensor(samples))
         del samples
     else:
         dim = sum(p.numel() for p in utils.trainable_parameters(model))
@@ -118,55 +124,74 @@ def main(argv=None):
         utils.log_test(prec, loss)
         return model
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    # From here on the run writes, alone (rank 0 under torchrun): a stop (signal, failed write)
+    # says what is saved and how to resume; every epoch ends with its checkpoint, then its results.
     if args.resume:
         path = utils.find_resume_checkpoint(args.resume, args.save_dir, ckpt_name)
         start_epoch, best_prec1 = utils.resume_run(path, model, stateful, train_loader, results)
-    else:
-        utils.fast_forward(scheduler, start_epoch)  # --start-epoch N: the schedule of epoch N
-        start = results.data["start"] = utils.evaluate_twice(
-            model, step_model, test_loader, bn_loader, amp, f"sample {args.params_start}, the restart")
-        results.add(epoch=start_epoch, test_loss=start["test_loss"], test_acc=start["test_acc"],
-                    time=0.0, coords=[0.0] * len(basis))
+    lock.acquire()
+    checkpoint = os.path.join(args.save_dir, ckpt_name)
+    state = utils.RunState(checkpoint)
+    with state.guard():
+        if args.resume:
+            state.saved = start_epoch
+            results.save()
+        else:
+            utils.fast_forward(scheduler, start_epoch)  # --start-epoch N: the schedule of epoch N
+            start = results.data["start"] = utils.evaluate_twice(
+                model, step_model, test_loader, bn_loader, amp,
+                f"sample {args.params_start}, the restart")
+            results.add(epoch=start_epoch, test_loss=start["test_loss"], test_acc=start["test_acc"],
+                        time=0.0, coords=[0.0] * len(basis), save=False)
+            state.save(utils.checkpoint_state(start_epoch, model, stateful, train_loader,
+                                              best_prec1, results))
+            results.save()
 
-    begin_step = utils.step_marker(device, args.compile)
-    utils.log(f"Train: {(start_epoch, args.epochs)}")
-    run_start = time.time()
-    for epoch in range(start_epoch, args.epochs):
-        epoch_start = time.time()
-        current_lr = optimizer.param_groups[0]["lr"]
-        progress = utils.EpochProgress(epoch, len(train_loader), args.print_freq,
-                                       args.epochs - epoch - 1)
-        try:
-            train_epoch(step_model, flat, basis, train_loader, optimizer, scaler, progress, amp,
-                        begin_step)
-        except utils.NonFiniteLoss as e:
-            raise SystemExit(f"error: {e}; the last good state is in {ckpt_name}")
-        scheduler.step()
-        train_time = time.time() - epoch_start
-        test_loss, prec1 = utils.evaluate(step_model, test_loader, amp, args.print_freq)
-        utils.log_test(prec1, test_loss)
-        bn = utils.evaluate_reestimated(model, step_model, test_loader, bn_loader,
-                                        amp) if args.bn_reestimate else None
-        if bn is not None:
-            utils.log(f"=> BatchNorm statistics re-estimated: Prec@1 {bn[1]:.3f}\tLoss {bn[0]:.4f}")
-        best_prec1 = max(best_prec1, prec1)
-        results.add(epoch=epoch + 1, train_loss=progress.loss, train_acc=progress.accuracy,
-                    test_loss=test_loss, test_acc=prec1, lr=current_lr, train_time=train_time,
-                    time=time.time() - epoch_start, coords=(basis @ (flat.data - w_start)).tolist(),
-                    **({"test_loss_bn": bn[0], "test_acc_bn": bn[1]} if bn else {}))
-        ckpt = utils.checkpoint_state(epoch + 1, model, stateful, train_loader, best_prec1, results)
-        utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, ckpt_name))
-    # The final weights judged twice: as the authors' scripts do, and with BatchNorm statistics
-    # re-estimated (which the saved model keeps with --bn-reestimate)
-    results.data["final"] = utils.evaluate_twice(model, step_model, test_loader, bn_loader, amp,
-                                                 "final", keep=args.bn_reestimate)
-    results.save()
-    utils.save_model(model, os.path.join(args.save_dir, final_name))
-    utils.log_subspace_lists(results.data["epochs"], time.time() - run_start, best_prec1)
-    utils.log(f"=> P-SGD done: best Prec@1 {best_prec1:.3f}, total time "
-              f"{utils.format_eta(time.time() - run_start)}, model in "
-              f"{os.path.join(args.save_dir, final_name)}")
-    return model
+        begin_step = utils.step_marker(device, args.compile)
+        utils.log(f"Train: {(start_epoch, args.epochs)}")
+        run_start = time.time()
+        for epoch in range(start_epoch, args.epochs):
+            state.epoch = epoch
+            epoch_start = time.time()
+            current_lr = optimizer.param_groups[0]["lr"]
+            progress = utils.EpochProgress(epoch, len(train_loader), args.print_freq,
+                                           args.epochs - epoch - 1)
+            try:
+                train_epoch(step_model, flat, basis, train_loader, optimizer, scaler, progress, amp,
+                            begin_step)
+            except utils.NonFiniteLoss as e:
+                raise SystemExit(f"error: {e}; the last good state is in {ckpt_name}")
+            scheduler.step()
+            train_time = time.time() - epoch_start
+            test_loss, prec1 = utils.evaluate(step_model, test_loader, amp, args.print_freq)
+            utils.log_test(prec1, test_loss)
+            bn = utils.evaluate_reestimated(model, step_model, test_loader, bn_loader,
+                                            amp) if args.bn_reestimate else None
+            if bn is not None:
+                utils.log(f"=> BatchNorm statistics re-estimated: Prec@1 {bn[1]:.3f}\t"
+                          f"Loss {bn[0]:.4f}")
+            best_prec1 = max(best_prec1, prec1)
+            results.add(epoch=epoch + 1, train_loss=progress.loss, train_acc=progress.accuracy,
+                        test_loss=test_loss, test_acc=prec1, lr=current_lr, train_time=train_time,
+                        time=time.time() - epoch_start,
+                        coords=(basis @ (flat.data - w_start)).tolist(),
+                        **({"test_loss_bn": bn[0], "test_acc_bn": bn[1]} if bn else {}), save=False)
+            ckpt = utils.checkpoint_state(epoch + 1, model, stateful, train_loader, best_prec1,
+                                          results)
+            state.save(ckpt)  # first: the results can be rebuilt from it
+            results.save()
+        state.trained = True
+        # The final weights judged twice: as the authors' scripts do, and with BatchNorm statistics
+        # re-estimated (which the saved model keeps with --bn-reestimate)
+        results.data["final"] = utils.evaluate_twice(model, step_model, test_loader, bn_loader, amp,
+                                                     "final", keep=args.bn_reestimate)
+        results.save()
+        utils.save_model(model, os.path.join(args.save_dir, final_name))
+        utils.log_subspace_lists(results.data["epochs"], time.time() - run_start, best_prec1)
+        utils.log(f"=> P-SGD done: best Prec@1 {best_prec1:.3f}, total time "
+                  f"{utils.format_eta(time.time() - run_start)}, model in "
+                  f"{os.path.join(args.save_dir, final_name)}")
+        return model
 
 
 if __name__ == "__main__":

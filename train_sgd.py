@@ -35,11 +35,13 @@ def build_parser():
 
 
 def clear_run(save_dir):
-    """--overwrite: remove the previous run's samples, checkpoints and records."""
+    """--overwrite: remove the previous SGD run's samples, checkpoints and records (not the
+    subspace runs' files, which other runs may be writing)."""
     for name in os.listdir(save_dir):
-        stem = name[:-3] if name.endswith(".pt") else None
-        if (stem is not None and (stem.isdigit() or stem.startswith("checkpoint"))) or name in (
-                "run.json", "results_sgd.json", "noisy_labels.json"):
+        stem = name[:-3] if name.endswith(".pt") else ""
+        if stem.isdigit() or stem == "checkpoint" or (stem.startswith("checkpoint_") and stem[
+                len("checkpoint_"):].isdigit()) or name in ("run.json", "results_sgd.json",
+                                                             "noisy_labels.json"):
             os.unlink(os.path.join(save_dir, name))
 
 
@@ -77,6 +79,9 @@ def main(argv=None):
         raise utils.UsageError("--resume and --overwrite contradict each other; choose one")
     if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
         raise utils.UsageError(f"--resume: no checkpoint at {args.resume}")
+    lock = utils.OutputLock(args.save_dir, "sgd", "samples, checkpoint.pt and results_sgd.json")
+    if os.path.isdir(args.save_dir) and not args.evaluate:
+        lock.check()  # before anything else of the folder: another run may be writing it
     existing = utils.available_samples(args.save_dir)
     if existing and not (args.resume or args.overwrite or args.evaluate):
         raise utils.UsageError(
@@ -88,18 +93,13 @@ def main(argv=None):
     if args.pretrained and args.datasets in utils.FOLDER_DATASETS:  # fetched before any write
         utils.pretrained_state(args.arch, len(utils.folder_classes(args.datasets, args.data_root)))
     utils.check_writable_dir(args.save_dir)
-    utils.log(args.save_dir)
-
     device = utils.init_distributed(device)
+    utils.log(args.save_dir)
     utils.seed_everything(args.randomseed)
-    if args.overwrite and utils.is_main_process():
-        clear_run(args.save_dir)
     train_set, test_set = utils.load_data(args.datasets, args.data_root, args.smalldatasets,
                                           args.corrupt, args.randomseed)
     if args.resume:
         utils.check_noise_record(args.save_dir, train_set.noise)
-    elif train_set.noise is not None and not args.evaluate:
-        utils.save_noise_record(args.save_dir, train_set.noise)
     num_classes = train_set.num_classes
     model = utils.build_model(args.arch, args.datasets, num_classes, device, args.dtype,
                               args.pretrained)
@@ -119,7 +119,6 @@ def main(argv=None):
               f"({len(train_set)} train / {len(test_set)} test, {num_classes} classes), "
               f"corrupt {args.corrupt}, device {device}"
               + (f", {utils.world()[1]} processes" if utils.world()[1] > 1 else ""))
-
     if args.optimizer == "sgd":
         lr = args.lr
         optimizer = torch.optim.SGD(model.parameters(), lr, momentum=args.momentum,
@@ -137,7 +136,6 @@ def main(argv=None):
     results = utils.Results(os.path.join(args.save_dir, "results_sgd.json"), "sgd",
                             dict(vars(args)), {"num_params": n_params, "num_classes": num_classes})
     start_epoch, best_prec1 = args.start_epoch, 0.0
-
     if args.evaluate:
         if args.resume:
             path = utils.find_resume_checkpoint(args.resume, args.save_dir, "checkpoint.pt")
@@ -145,65 +143,93 @@ def main(argv=None):
         loss, prec = utils.evaluate(eval_model, test_loader, amp, args.print_freq)
         utils.log_test(prec, loss)
         return model
+    # From here on the run writes, alone (rank 0 under torchrun): a stop (signal, failed write)
+    # says what is saved and how to resume; every epoch ends with its checkpoint, then its sample
+    # and results, in that order, so that a run stopped at any moment resumes from its last
+    # complete epoch.
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    checkpoint = os.path.join(args.save_dir, "checkpoint.pt")
     if args.resume:
         path = utils.find_resume_checkpoint(args.resume, args.save_dir, "checkpoint.pt")
         start_epoch, best_prec1 = utils.resume_run(path, model, stateful, train_loader, results)
-    else:
-        utils.fast_forward(scheduler, start_epoch)  # --start-epoch N: the schedule of epoch N
-        utils.atomic_write_json(os.path.join(args.save_dir, "run.json"),
-                                utils.provenance(dict(vars(args)), num_classes))
-        utils.save_sample(model, args.save_dir, start_epoch)
-        loss, prec = utils.evaluate(eval_model, test_loader, amp)
-        utils.log(f"=> sample {start_epoch}, before training: Prec@1 {prec:.3f}\tLoss {loss:.4f}")
-        results.add(epoch=start_epoch, test_loss=loss, test_acc=prec, time=0.0, lr=lr)
-
-    warmup = args.arch in ("resnet110", "resnet1202") and args.optimizer == "sgd"
-    begin_step = utils.step_marker(device, args.compile)
-    utils.log(f"Start training:  {start_epoch} -> {args.epochs}")
-    run_start = time.time()
-    for epoch in range(start_epoch, args.epochs):
-        if warmup and epoch == 0:
-            # He et al.: lr/10 until training gets going (the first epoch here), then back.
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.1
-        epoch_start = time.time()
-        current_lr = optimizer.param_groups[0]["lr"]
-        utils.log(f"current lr {current_lr:.5e}")
-        progress = utils.EpochProgress(epoch, len(train_loader), args.print_freq,
-                                       args.epochs - epoch - 1, print_last=False)
-        try:
-            train_epoch(step_model, train_loader, optimizer, scaler, progress, amp, begin_step,
-                        channels_last)
-        except utils.NonFiniteLoss as e:
-            raise SystemExit(f"error: {e}; samples up to {epoch}.pt are kept in {args.save_dir}")
-        utils.log(f"Total time for epoch [{epoch}] : {progress.batch_time:.3f}")
-        if warmup and epoch == 0:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        scheduler.step()
-        train_time = time.time() - epoch_start
-        test_loss, prec1 = utils.evaluate(eval_model, test_loader, amp, args.print_freq)
-        utils.log_test(prec1, test_loss)
-        best_prec1 = max(best_prec1, prec1)
-        utils.save_sample(model, args.save_dir, epoch + 1)
-        results.add(epoch=epoch + 1, train_loss=progress.loss, train_acc=progress.accuracy,
-                    test_loss=test_loss, test_acc=prec1, lr=current_lr,
-                    train_time=train_time, time=time.time() - epoch_start,
-                    images_per_s=progress.seen / max(train_time, 1e-9))
-        ckpt = utils.checkpoint_state(epoch + 1, model, stateful, train_loader, best_prec1, results)
-        utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, "checkpoint.pt"))
-        if (epoch + 1) % args.save_every == 0:
-            utils.atomic_torch_save(ckpt, os.path.join(args.save_dir, f"checkpoint_{epoch + 1}.pt"))
-    bn_loader = utils.bn_loader(train_set, args.batch_size, device, args.loader, args.workers)
-    results.data["final"] = utils.evaluate_twice(model, eval_model, test_loader, bn_loader, amp,
-                                                 "final")
-    results.save()
-    utils.log_sgd_lists(results.data["epochs"])
-    utils.log(f"=> SGD done: best Prec@1 {best_prec1:.3f}, total time "
-              f"{utils.format_eta(time.time() - run_start)}, samples {start_epoch}..{args.epochs} "
-              f"in {args.save_dir}")
-    return model
+    lock.acquire()
+    state = utils.RunState(checkpoint)
+    with state.guard():
+        if args.overwrite and utils.is_main_process():
+            clear_run(args.save_dir)
+        if train_set.noise is not None and not args.resume:
+            utils.save_noise_record(args.save_dir, train_set.noise)
+        if args.resume:
+            state.saved = start_epoch
+            if start_epoch not in utils.available_samples(args.save_dir):  # its write had failed
+                utils.save_sample(model, args.save_dir, start_epoch)
+            results.save()
+        else:
+            utils.fast_forward(scheduler, start_epoch)  # --start-epoch N: the schedule of epoch N
+            utils.atomic_write_json(os.path.join(args.save_dir, "run.json"),
+                                    utils.provenance(dict(vars(args)), num_classes))
+            loss, prec = utils.evaluate(eval_model, test_loader, amp)
+            utils.log(f"=> sample {start_epoch}, before training: Prec@1 {prec:.3f}\t"
+                      f"Loss {loss:.4f}")
+            results.add(epoch=start_epoch, test_loss=loss, test_acc=prec, time=0.0, lr=lr,
+                        save=False)
+            state.save(utils.checkpoint_state(start_epoch, model, stateful, train_loader,
+                                              best_prec1, results))
+            utils.save_sample(model, args.save_dir, start_epoch)
+            results.save()
+        warmup = args.arch in ("resnet110", "resnet1202") and args.optimizer == "sgd"
+        begin_step = utils.step_marker(device, args.compile)
+        utils.log(f"Start training:  {start_epoch} -> {args.epochs}")
+        run_start = time.time()
+        for epoch in range(start_epoch, args.epochs):
+            state.epoch = epoch
+            if warmup and epoch == 0:
+                # He et al.: lr/10 until training gets going (the first epoch here), then back.
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * 0.1
+            epoch_start = time.time()
+            current_lr = optimizer.param_groups[0]["lr"]
+            utils.log(f"current lr {current_lr:.5e}")
+            progress = utils.EpochProgress(epoch, len(train_loader), args.print_freq,
+                                           args.epochs - epoch - 1, print_last=False)
+            try:
+                train_epoch(step_model, train_loader, optimizer, scaler, progress, amp, begin_step,
+                            channels_last)
+            except utils.NonFiniteLoss as e:
+                raise SystemExit(f"error: {e}; samples up to {epoch}.pt are kept in "
+                                 f"{args.save_dir}")
+            utils.log(f"Total time for epoch [{epoch}] : {progress.batch_time:.3f}")
+            if warmup and epoch == 0:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            scheduler.step()
+            train_time = time.time() - epoch_start
+            test_loss, prec1 = utils.evaluate(eval_model, test_loader, amp, args.print_freq)
+            utils.log_test(prec1, test_loss)
+            best_prec1 = max(best_prec1, prec1)
+            results.add(epoch=epoch + 1, train_loss=progress.loss, train_acc=progress.accuracy,
+                        test_loss=test_loss, test_acc=prec1, lr=current_lr,
+                        train_time=train_time, time=time.time() - epoch_start,
+                        images_per_s=progress.seen / max(train_time, 1e-9), save=False)
+            # The checkpoint first: it holds the sample's weights, so no failure loses the epoch.
+            ckpt = utils.checkpoint_state(epoch + 1, model, stateful, train_loader, best_prec1,
+                                          results)
+            state.save(ckpt)
+            utils.save_sample(model, args.save_dir, epoch + 1)
+            results.save()
+            if (epoch + 1) % args.save_every == 0:
+                utils.atomic_torch_save(ckpt, os.path.join(args.save_dir,
+                                                           f"checkpoint_{epoch + 1}.pt"))
+        state.trained = True
+        bn_loader = utils.bn_loader(train_set, args.batch_size, device, args.loader, args.workers)
+        results.data["final"] = utils.evaluate_twice(model, eval_model, test_loader, bn_loader, amp,
+                                                     "final")
+        results.save()
+        utils.log_sgd_lists(results.data["epochs"])
+        utils.log(f"=> SGD done: best Prec@1 {best_prec1:.3f}, total time "
+                  f"{utils.format_eta(time.time() - run_start)}, samples "
+                  f"{start_epoch}..{args.epochs} in {args.save_dir}")
+        return model
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ Around them:
    dldr/training.py      seeding, devices, precision, torch.compile
    dldr/progress.py      the log lines (the authors' formats), evaluation, end-of-run lists
    dldr/batchnorm.py     BatchNorm statistics re-estimated on the training data
-   dldr/files.py         atomic writes and weights-only loading
+   dldr/files.py         atomic writes, one writer per output (locks), weights-only loading
    dldr/checkpoints.py   exact resume
    dldr/distributed.py   torchrun: sums over processes, BatchNorm over the global batch
    models/               the architectures, one file per family, each registered under its --arch
@@ -25,7 +25,7 @@ Around them:
 from dldr.basis import random_basis, streaming_subspace_basis, subspace_basis
 from dldr.batches import MemoryLoader, bn_loader, crop_flip, make_loader, test_batch_size
 from dldr.batchnorm import evaluate_reestimated, evaluate_twice, has_batchnorm, reestimate_bn
-from dldr.checkpoints import (checkpoint_state, fast_forward, find_resume_checkpoint,
+from dldr.checkpoints import (RunState, checkpoint_state, fast_forward, find_resume_checkpoint,
                               load_weights, resume_run)
 from dldr.cli import (ArgumentParser, UsageError, add_common_arguments, add_subspace_arguments,
                       fraction, int_list, nonnegative_int, output_tag, positive_int, run_main)
@@ -34,8 +34,8 @@ from dldr.data import (CIFAR100_MEAN, FOLDER_DATASETS, IMAGENET_MEAN, IMAGENET_S
                        load_folder, load_mnist, load_synthetic, noisy_labels)
 from dldr.distributed import (all_reduce_sum_, distributed_model, global_batch_share,
                               init_distributed, is_main_process, sync_batchnorm, world)
-from dldr.files import (atomic_torch_save, atomic_write, atomic_write_json, check_writable_dir,
-                        safe_load)
+from dldr.files import (Interrupted, OutputLock, WriteError, atomic_torch_save, atomic_write,
+                        atomic_write_json, check_writable_dir, safe_load)
 from dldr.networks import build_model, check_arch_name, new_model, pretrained_state
 from dldr.optim import PBFGS, FlatParameters, project_gradients_, trainable_parameters
 from dldr.records import (Results, check_noise_record, check_provenance, provenance,

@@ -1,11 +1,12 @@
 """Exact resume: everything a run needs to continue after an epoch as if it had never stopped."""
+import contextlib
 import os
 import warnings
 
 import torch
 
 from .cli import UsageError
-from .files import safe_load
+from .files import Interrupted, WriteError, atomic_torch_save, safe_load
 
 
 def rng_state():
@@ -27,7 +28,9 @@ def checkpoint_state(epoch, model, stateful, train_loader, best_prec1, results):
     ``state_dict()`` (optimizer, scheduler, scaler, P-BFGS)."""
     state = {"epoch": epoch, "model": model.state_dict(),
              "loader_rng": train_loader.generator.get_state(), "rng": rng_state(),
-             "best_prec1": best_prec1, "results": results.data["epochs"]}
+             "loader_epoch": getattr(train_loader, "epoch", None),
+             "best_prec1": best_prec1, "results": results.data["epochs"],
+             "results_start": results.data.get("start")}
     state.update({name: obj.state_dict() for name, obj in stateful.items()})
     return state
 
@@ -98,8 +101,48 @@ def resume_run(path, model, stateful, train_loader, results):
                              "written by another script or version")
     train_loader.generator.set_state(ckpt["loader_rng"])
     if hasattr(train_loader, "epoch"):  # a DistributedSampler's order depends on the epoch
-        train_loader.epoch = ckpt["epoch"]
+        train_loader.epoch = ckpt.get("loader_epoch", ckpt["epoch"])
     set_rng_state(ckpt["rng"])
     results.data["epochs"] = ckpt["results"]
+    if ckpt.get("results_start") is not None:
+        results.data["start"] = ckpt["results_start"]
     print(f"=> resumed from {path} after epoch {ckpt['epoch']}", flush=True)
     return ckpt["epoch"], ckpt["best_prec1"]
+
+
+class RunState:
+    """Where a run stands, for the line it prints when a signal or a failed write stops it: the
+    epoch under way and the last epoch its checkpoint holds (None: nothing to resume yet)."""
+
+    def __init__(self, checkpoint_path):
+        self.checkpoint_path = checkpoint_path
+        self.epoch = self.saved = None
+        self.trained = False  # the epochs are done: what remains is the final evaluation and writes
+
+    def save(self, ckpt):
+        """Write the checkpoint ``ckpt`` (``checkpoint_state``'s) and note its epoch as saved; a
+        signal that arrived during the write takes effect once the file is whole."""
+        try:
+            atomic_torch_save(ckpt, self.checkpoint_path)
+        except Interrupted as e:
+            if e.after_write:
+                self.saved = ckpt["epoch"]
+            raise
+        self.saved = ckpt["epoch"]
+
+    @contextlib.contextmanager
+    def guard(self):
+        """Around the part of a run that writes: a stop says what is saved and whether --resume
+        can take it from there."""
+        try:
+            yield self
+        except (Interrupted, WriteError) as e:
+            when = (" after training" if self.trained else f" during epoch {self.epoch}"
+                    if self.epoch is not None else " before training")
+            if self.saved is None:
+                e.where, e.resumable = f"{when}; nothing saved yet to resume from", False
+            else:
+                e.where = (f"{when}; {os.path.basename(self.checkpoint_path)} holds the run "
+                           f"after {self.saved} epochs")
+                e.resumable = True
+            raise

@@ -1,7 +1,10 @@
 """Command lines: the bad-input error, argument types, and the flags the three scripts share."""
 import argparse
 import math
+import os
 import re
+import shlex
+import signal
 import sys
 
 
@@ -9,15 +12,55 @@ class UsageError(Exception):
     """Bad input: reported as one line on stderr with exit status 2, before any file is written."""
 
 
+def resume_command(argv):
+    """The command line that resumes a run started with ``argv``: from the save dir's checkpoint,
+    whatever --resume PATH or --overwrite it was started with."""
+    args, skip = [], False
+    for a in argv:
+        if skip and not a.startswith("-"):  # the path of a --resume PATH
+            skip = False
+            continue
+        skip = a == "--resume"
+        if not (skip or a.startswith("--resume=") or a == "--overwrite"):
+            args.append(a)
+    args.append("--resume")
+    script = os.path.relpath(sys.argv[0]) if sys.argv[0].endswith(".py") else "SCRIPT.py"
+    launcher = "torchrun ... " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "python "
+    return launcher + shlex.join([script, *args])
+
+
 def run_main(main, argv=None):
-    """Run a script's ``main(argv)``; turn UsageError into one line on stderr and exit status 2."""
+    """Run a script's ``main(argv)`` as its command line does: bad input is one line on stderr and
+    exit status 2; a failed write one line and exit status 1; SIGINT and SIGTERM stop the run
+    (after an atomic write in progress) with one line that says where it stopped and how to resume
+    it, and exit status 130 or 143."""
     import torch.distributed as dist
+
+    from . import files
+    from .distributed import is_main_process
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    previous = files.install_signal_handlers()
     try:
         return main(argv)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except files.WriteError as e:
+        again = (f"continue with: {resume_command(argv)}" if e.resumable
+                 else "run the same command again")
+        print(f"error: {e}{e.where}; fix the cause (space, permissions), then {again}",
+              file=sys.stderr)
+        sys.exit(1)
+    except files.Interrupted as e:
+        if is_main_process():
+            again = (f"resume with: {resume_command(argv)}" if e.resumable
+                     else "run the same command again")
+            print(f"stopped by {e}{e.where}; {again}", file=sys.stderr)
+        sys.exit(128 + e.signum)
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        files.release_locks()
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 

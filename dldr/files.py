@@ -1,12 +1,71 @@
-"""Files: atomic writes (temporary file, fsync, rename) and weights-only loading."""
+"""Files: atomic writes (temporary file, fsync, rename) that a signal cannot cut short, one writer
+per output (an OS lock), and weights-only loading."""
+import errno
+import fcntl
 import json
 import os
+import pickle
+import signal
 import tempfile
+import warnings
 
 import torch
 
 from .cli import UsageError
 from .distributed import is_main_process
+
+
+class WriteError(Exception):
+    """A write failed (no space, no permission, read-only filesystem): one line naming the file and
+    the cause, exit status 1; no partial or temporary file is left. ``where`` and ``resumable`` say
+    what of the run is saved (checkpoints.RunState fills them in; outside it nothing is)."""
+    where, resumable = "", False
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: the run stops (after finishing an atomic write in progress). A
+    BaseException, as KeyboardInterrupt, so that no ``except Exception`` mistakes it for an error
+    of its own. ``where`` says what of the run is saved (checkpoints.RunState fills it in);
+    ``after_write``: raised once the file being written was whole."""
+
+    def __init__(self, signum, after_write=False):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.after_write = signum, after_write
+        self.where, self.resumable = "", False
+
+
+_writing = 0       # atomic writes in progress: a signal then waits for them to finish
+_pending = None    # the signal that arrived meanwhile
+_main_pid = None   # the process that installed the handler (DataLoader workers inherit it)
+
+
+def install_signal_handlers():
+    """SIGINT and SIGTERM stop the run through ``on_signal``; returns the handlers they replace."""
+    global _pending, _main_pid
+    _pending, _main_pid = None, os.getpid()
+    return {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def on_signal(signum, frame):
+    """Stop now, or after the write under way. A forked DataLoader worker stops as torch expects
+    its workers to, quietly, on KeyboardInterrupt."""
+    global _pending
+    if os.getpid() != _main_pid:
+        raise KeyboardInterrupt
+    if _writing:
+        _pending = signum
+    else:
+        raise Interrupted(signum)
+
+
+def _os_error(e):
+    """The OSError behind an exception (torch.save reports a failed write as a RuntimeError whose
+    context is the OSError), or None."""
+    while e is not None:
+        if isinstance(e, OSError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _fsync_dir(folder):
@@ -31,24 +90,39 @@ def _file_mode():
 def atomic_write(path, write):
     """Write through ``write(file)`` into a temporary file beside ``path``, fsync, then rename.
 
-    Under torchrun only rank 0 writes: every process holds the same state, one copy is enough.
+    A failed write leaves no temporary file and becomes a WriteError naming ``path`` and the cause;
+    SIGINT/SIGTERM during the write take effect once it is complete. Under torchrun only rank 0
+    writes: every process holds the same state, one copy is enough.
     """
+    global _writing, _pending
     if not is_main_process():
         return
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    _writing += 1
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                                   suffix=".tmp")
         os.fchmod(fd, _file_mode())  # mkstemp makes 0600; samples are shared, so honour the umask
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+        _fsync_dir(folder)
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
+        cause = _os_error(e) if isinstance(e, (OSError, RuntimeError)) else None
+        if cause is None:
+            raise
+        raise WriteError(f"{path}: cannot write it ({cause.strerror or cause})") from None
+    finally:
+        _writing -= 1
+    if not _writing and _pending is not None:  # the file is whole: now the signal takes effect
+        signum, _pending = _pending, None
+        raise Interrupted(signum, after_write=True)
 
 
 def atomic_torch_save(obj, path):
@@ -62,16 +136,113 @@ def atomic_write_json(path, obj):
 def safe_load(path, mmap=False):
     """torch.load with weights_only=True; any failure is a UsageError naming the file.
 
+    A file that holds more than tensors (a crafted pickle) is refused without running anything.
     mmap=True maps the file instead of reading it: tensors read from it page by page on access.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # torch's notes on the pickle protocol: not the user's
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file")
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise UsageError(f"{path}: refused: it holds more than tensors (objects or code that "
+                             "loading would have to run), so it was not loaded and nothing in it "
+                             "was executed; samples and checkpoints hold tensors only")
+        raise UsageError(f"{path}: not a loadable sample or checkpoint (truncated or foreign: "
+                         f"{_first_line(e)})")
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{path}: not a loadable sample or checkpoint (truncated, foreign or "
-                         f"unsafe: {first[:200]})")
+        raise UsageError(f"{path}: not a loadable sample or checkpoint (truncated or foreign: "
+                         f"{_first_line(e)})")
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+class OutputLock:
+    """One writer per output: an exclusive OS lock (flock) on ``save_dir/.NAME.lock`` for the
+    process's life, which the kernel releases when the process dies, so a killed run leaves no
+    stale lock. The file holds the owner's process id, for the other run's error message."""
+
+    def __init__(self, save_dir, name, what):
+        self.path = os.path.join(save_dir, f".{name}.lock")
+        self.save_dir, self.what = save_dir, what
+        self.fd = None
+
+    def _busy(self, fd):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                return True
+            raise UsageError(f"--save-dir {self.save_dir}: cannot lock {self.path} "
+                             f"({e.strerror}); this filesystem does not support file locks")
+
+    def _refuse(self):
+        try:
+            with open(self.path) as f:
+                owner = f.read().strip() or "unknown"
+        except OSError:
+            owner = "unknown"
+        raise UsageError(f"--save-dir {self.save_dir}: another run (process {owner}) is writing "
+                         f"{self.what} there; wait for it to end, or use another --save-dir"
+                         " or --output-tag")
+
+    def check(self):
+        """Before any write: is the lock held by another run? Creates nothing. A shared probe, so
+        that probes of several starting processes (torchrun's ranks) do not collide."""
+        if not os.path.exists(self.path) or os.environ.get("RANK", "0") != "0":
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # unreadable: acquire() will name the cause
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                self._refuse()
+            # a filesystem without locks (EBADF, ENOLCK): acquire() will say so
+        finally:
+            os.close(fd)  # closing releases our own probe
+
+    def acquire(self):
+        """Take the lock for this process's life (rank 0 only under torchrun)."""
+        if not is_main_process():
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _file_mode())
+        except OSError as e:
+            raise WriteError(f"{self.path}: cannot write it ({e.strerror})") from None
+        if self._busy(fd):
+            os.close(fd)
+            self._refuse()
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:
+            os.close(fd)
+            raise WriteError(f"{self.path}: cannot write it ({e.strerror})") from None
+        self.fd = fd
+        _held.append(self)
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the only descriptor releases the flock
+            self.fd = None
+
+
+_held = []  # the locks this process holds, released by release_locks() when a script's main ends
+
+
+def release_locks():
+    while _held:
+        _held.pop().release()
 
 
 def check_writable_dir(folder, flag="--save-dir"):

@@ -40,7 +40,7 @@ class EpochProgress:
         self.batch_time = self.data_time = 0.0  # sums, as the authors' AverageMeters
         self.batch_time_val = self.data_time_val = 0.0
         self.steps = self.fetches = 0
-        self.loss_sum = self.correct = None
+        self.loss_sum = self.correct = self.nonfinite = None
         self.seen = 0
         self.processes = world()[1]  # img/s counts every process (rank 0's count times this)
 
@@ -97,8 +97,12 @@ class EpochProgress:
         return 100.0 * self.correct.item() / max(self.seen, 1) if self.seen else 0.0
 
     def check_finite(self, loss, i):
-        if not torch.isfinite(loss).item():
-            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {self.epoch}, step {i}")
+        """A non-finite loss stops the run: noted on the device every step, read back with the
+        progress lines and at the epoch's last batch, before anything of the epoch is written."""
+        bad = ~torch.isfinite(loss.detach())
+        self.nonfinite = bad if self.nonfinite is None else self.nonfinite | bad
+        if (i % self.print_freq == 0 or i == self.n - 1) and self.nonfinite.item():
+            raise NonFiniteLoss(f"non-finite loss at epoch {self.epoch}, by step {i}")
 
 
 @torch.no_grad()

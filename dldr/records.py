@@ -91,9 +91,10 @@ class Results:
                      "torch": torch.__version__, "epochs": []}
         self.data.update(extra or {})
 
-    def add(self, **row):
+    def add(self, save=True, **row):
         self.data["epochs"].append(row)
-        self.save()
+        if save:
+            self.save()
 
     def save(self):
         atomic_write_json(self.path, self.data)

@@ -30,11 +30,12 @@ def describe_sample_epochs(epochs, params_step=1):
 
 
 def output_names(method, basis="dldr", tag=None):
-    """(results file, final model file, checkpoint file) of a subspace run in the save dir."""
+    """(results file, final model file, checkpoint file, lock name) of a subspace run in the save
+    dir: all of them carry the method, the basis and the tag, so runs differing in any share it."""
     model = method.upper() + ("" if basis == "dldr" else "_random")
-    stem = method + ("" if basis == "dldr" else "_random")
+    stem = method + ("" if basis == "dldr" else "_random") + (f"_{tag}" if tag else "")
     suffix = f"_{tag}" if tag else ""
-    return f"results_{stem}{suffix}.json", f"{model}{suffix}.pt", f"checkpoint_{stem}{suffix}.pt"
+    return f"results_{stem}.json", f"{model}{suffix}.pt", f"checkpoint_{stem}.pt", stem
 
 
 def check_subspace_run(save_dir, *, arch, datasets, data_root, corrupt, smalldatasets, randomseed,

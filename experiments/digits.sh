@@ -9,9 +9,9 @@
 # directions, 20 P-BFGS and 40 P-SGD epochs): SGD_EPOCHS of SGD with the LR drop at 2/3 of them;
 # the basis from the first PARAMS_END samples, all before the drop; SIZES around half as many
 # directions as samples; P-BFGS and P-SGD budgets of 20/150 and 40/150 of SGD's. For every noise
-# level and seed: SGD sampling, then P-BFGS and P-SGD for every size; at noise 0 also the
-# random-basis control for every size, and the fifth claim: P-SGD and P-BFGS restarted from the
-# first sample after the LR drop, in the subspace of the samples after the drop.
+# level and seed: SGD sampling, then P-BFGS and P-SGD for every size, and the fifth claim: P-SGD
+# and P-BFGS restarted from the first sample after the LR drop, in the subspace of the samples
+# after the drop; at noise 0 also the random-basis control for every size.
 # A run whose results file is complete is not run again, so an interrupted script picks up where
 # it stopped; FRESH=1 deletes RUNS_DIR first. Every run is seeded and single-threaded (THREADS=1).
 # Settings (environment variables, defaults in brackets):
@@ -47,8 +47,9 @@ fi
 [[ -n "${FRESH:-}" ]] && rm -rf "$RUNS_DIR"
 mkdir -p "$RUNS_DIR"
 
-complete() {  # complete RESULTS_FILE: the results file exists and holds the final evaluation
-    [[ -f "$1" ]] && "$PY" -c 'import json,sys; sys.exit(0 if "final" in json.load(open(sys.argv[1])) else 1)' "$1"
+complete() {  # complete RESULTS_FILE EPOCHS: finished (the final evaluation), with these epochs
+    [[ -f "$1" ]] && "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1]))
+sys.exit(0 if "final" in r and r["args"]["epochs"] == int(sys.argv[2]) else 1)' "$1" "$2"
 }
 
 job() {  # job METHOD NOISE SEED [K]
@@ -63,11 +64,11 @@ job() {  # job METHOD NOISE SEED [K]
     local pbfgs=(train_pbfgs.py "${common[@]}" --epochs "$PBFGS_EPOCHS" --batch-size 128)
     local psgd=(train_psgd.py "${common[@]}" --epochs "$PSGD_EPOCHS" --lr 1 --batch-size 64
                 --milestones "$PSGD_DROP")
-    local results cmd
+    local results cmd epochs=$PBFGS_EPOCHS
     case $method in
-        sgd)        results="$dir/results_sgd.json"
+        sgd)        results="$dir/results_sgd.json" epochs=$SGD_EPOCHS
                     cmd=(train_sgd.py "${common[@]}" --epochs "$SGD_EPOCHS" --lr 0.1 --batch-size 64
-                         --milestones "$DROP" --overwrite) ;;
+                         --milestones "$DROP") ;;
         pbfgs)      results="$dir/results_pbfgs_k$k.json" cmd=("${pbfgs[@]}" "${early[@]}") ;;
         psgd)       results="$dir/results_psgd_k$k.json" cmd=("${psgd[@]}" "${early[@]}") ;;
         random)     results="$dir/results_psgd_random_k$k.json"
@@ -75,8 +76,16 @@ job() {  # job METHOD NOISE SEED [K]
         pbfgs_late) results="$dir/results_pbfgs_late.json" cmd=("${pbfgs[@]}" "${late[@]}") ;;
         psgd_late)  results="$dir/results_psgd_late.json" cmd=("${psgd[@]}" "${late[@]}") ;;
     esac
+    [[ $method == psgd* || $method == random ]] && epochs=$PSGD_EPOCHS
     local name="$method${k:+ k=$k} noise=$noise seed=$seed"
-    if complete "$results"; then echo "done already: $name"; return 0; fi
+    if complete "$results" "$epochs"; then echo "done already: $name"; return 0; fi
+    # An interrupted run continues from its checkpoint; SGD with other settings starts afresh.
+    local ckpt="$dir/$(basename "$results" .json | sed 's/^results_/checkpoint_/; s/^checkpoint_sgd$/checkpoint/').pt"
+    if [[ -f "$ckpt" ]] && { [[ $method != sgd ]] || [[ -f "$results" ]]; }; then
+        cmd+=(--resume)
+    elif [[ $method == sgd ]]; then
+        cmd+=(--overwrite)
+    fi
     mkdir -p "$dir"
     local start=$SECONDS log="$dir/log_$(basename "$results" .json | sed 's/^results_//').txt"
     if "$PY" -u "${cmd[@]}" > "$log" 2>&1; then
@@ -97,8 +106,9 @@ if [[ -z "${REPORT_ONLY:-}" ]]; then
             echo "pbfgs $noise $seed $k"; echo "psgd $noise $seed $k"
             [[ $noise == "$(set -- $NOISES; echo "$1")" ]] && echo "random $noise $seed $k"
         done; done; done
-        first=$(set -- $NOISES; echo "$1")
-        for seed in $SEEDS; do echo "pbfgs_late $first $seed"; echo "psgd_late $first $seed"; done
+        for noise in $NOISES; do for seed in $SEEDS; do
+            echo "pbfgs_late $noise $seed"; echo "psgd_late $noise $seed"
+        done; done
     } | xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
     echo "all runs finished in $(( SECONDS - start )) s"
 fi

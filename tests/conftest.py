@@ -1,4 +1,3 @@
-import gzip
 import hashlib
 import importlib
 import os
@@ -102,3 +101,13 @@ def write_mnist(root, n_train=40, n_test=12, seed=0):
             np.array([2049, n], ">i4").tobytes() + labels.tobytes())
         out[split] = images, labels
     return out["train"]
+
+
+class Exploit:
+    """A pickle that runs ``touch MARKER`` when unpickled: a crafted checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

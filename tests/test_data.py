@@ -1,12 +1,9 @@
 """Datasets, label noise and the device augmentation path."""
-import hashlib
 import json
-import pickle
 
 import numpy as np
 import pytest
 import torch
-import torchvision
 import torchvision.transforms.functional as TF
 
 import utils

@@ -18,7 +18,7 @@ def readme_block(name):
 
 
 def test_readme_pbfgs_loop_runs_and_stays_in_the_subspace(tmp_path, monkeypatch, capsys):
-    folder = tmp_path / "demo_runs" / "digits_resnet20"
+    folder = tmp_path / "demo_runs" / "digits_resnet20_seed1"
     folder.mkdir(parents=True)
     torch.manual_seed(0)
     model = models.build("resnet20", 10)

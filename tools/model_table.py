@@ -11,9 +11,10 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import models  # noqa: E402
+import readme_block  # noqa: E402
 
-START, END = "<!-- models:start -->", "<!-- models:end -->"
 
 
 def count(name, classes):
@@ -38,13 +39,7 @@ def main():
     if not args.update:
         print(text)
         return
-    path = os.path.join(ROOT, "README.md")
-    readme = open(path).read()
-    head, rest = readme.split(START)
-    _, tail = rest.split(END)
-    with open(path, "w") as f:
-        f.write(f"{head}{START}\n{text}\n{END}{tail}")
-
+    readme_block.replace("models", text)
 
 if __name__ == "__main__":
     main()
