@@ -362,7 +362,7 @@ def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png",
       "points over all runs.\n")
     w("What this data cannot show: DIGITS is small and easy, so the absolute accuracies say little "
       f"about CIFAR, and the budgets are the paper's proportions of a {e}-epoch run, not of 150 "
-      "epochs, to keep the whole report to about 80 minutes of a 2-core CPU.\n")
+      "epochs, to keep the whole report to about 90 minutes of a 2-core CPU.\n")
     w("## The paper's setting, for users with a GPU\n")
     w(CIFAR_COMMANDS + "\n")
     w("## Regenerate\n")

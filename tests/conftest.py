@@ -36,6 +36,48 @@ def run_here(script, *args):
     return 0
 
 
+# The subspace runs on digits_samples: its data options, 5 directions from samples 0..6
+DIGITS_SUB = ["--datasets", "DIGITS", "--arch", "resnet8", "--device", "cpu", "--randomseed", "3",
+              "--corrupt", "0.1", "--params_start", "0", "--params_end", "7", "--n_components", "5",
+              "--print-freq", "100"]
+DIGITS_PBFGS = [*DIGITS_SUB, "--epochs", "2", "--batch-size", "128"]
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory):
+    """A small MNIST archive in torchvision's raw format (160 training, 40 test images of noise):
+    quick data for the tests that check what the scripts do, not what they learn."""
+    root = tmp_path_factory.mktemp("mnist") / "data"
+    write_mnist(root, n_train=160, n_test=40)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def data_args(mnist_root):
+    return ["--datasets", "MNIST", "--data-root", mnist_root, "--arch", "resnet8", "--device",
+            "cpu"]
+
+
+@pytest.fixture(scope="session")
+def sgd_args(data_args):
+    """A short SGD run (3 epochs of 10 batches) that the fault tests interrupt in several ways."""
+    return [*data_args, "--epochs", "3", "--batch-size", "16", "--print-freq", "1", "--corrupt",
+            "0.2", "--randomseed", "5", "--lr", "0.05"]
+
+
+@pytest.fixture(scope="session")
+def sgd_reference(tmp_path_factory, sgd_args):
+    """sgd_args run undisturbed: samples 0..3 to compare interrupted and resumed runs with."""
+    folder = tmp_path_factory.mktemp("undisturbed")
+    assert run_here("train_sgd.py", *sgd_args, "--save-dir", folder) == 0
+    return folder
+
+
+@pytest.fixture(scope="session")
+def digits_pbfgs(digits_samples):
+    """P-BFGS (DIGITS_PBFGS) on digits_samples, as the authors' scripts run it: the folder."""
+    assert run_here("train_pbfgs.py", *DIGITS_PBFGS, "--save-dir", digits_samples) == 0
+    return digits_samples
+
+
 @pytest.fixture(scope="session")
 def digits_samples(tmp_path_factory):
     """A short SGD run on DIGITS with resnet8 (10% noisy labels): samples 0..6, shared by tests."""

@@ -104,11 +104,10 @@ def test_the_patterns_parse_the_authors_own_log():
 
 
 @pytest.fixture(scope="module")
-def logs(tmp_path_factory):
+def logs(tmp_path_factory, data_args):
     """Short runs of the three scripts, and of each with -e, as their stdout's lines."""
     save = tmp_path_factory.mktemp("logs")
-    common = ["--datasets", "DIGITS", "--arch", "resnet8", "--device", "cpu", "--smalldatasets",
-              0.1, "--print-freq", 2, "--save-dir", save]
+    common = [*data_args, "--print-freq", 2, "--save-dir", save]
     sub = ["--params_end", 3, "--n_components", 2]
     runs = {"train_sgd.py": [*common, "--epochs", 2, "--batch-size", 32],
             "train_pbfgs.py": [*common, *sub, "--epochs", 2, "--batch-size", 64, "--accumulate", 1],

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import models
 import utils
-from conftest import run_here
+from conftest import DIGITS_SUB, run_here
 
 
 def test_reestimated_mean_is_the_inputs_mean_and_no_weight_changes():
@@ -67,29 +67,26 @@ def test_statistics_are_put_back_unless_kept_and_both_loader_paths_agree():
     assert all(torch.equal(twin.state_dict()[k], v) for k, v in stats.items())
 
 
-def test_runs_record_both_final_evaluations_and_the_flag_keeps_the_statistics(digits_samples,
-                                                                              tmp_path):
-    common = ["--datasets", "DIGITS", "--arch", "resnet8", "--device", "cpu", "--randomseed", 3,
-              "--corrupt", 0.1, "--params_end", 7, "--n_components", 5, "--print-freq", 100,
-              "--save-dir", digits_samples, "--epochs", 1, "--batch-size", 128]
-    assert run_here("train_pbfgs.py", *common, "--output-tag", "plain") == 0
-    assert run_here("train_pbfgs.py", *common, "--output-tag", "bn", "--bn-reestimate") == 0
-    plain, flagged = (json.load(open(digits_samples / f"results_pbfgs_{t}.json"))
-                      for t in ("plain", "bn"))
+def test_runs_record_both_final_evaluations_and_the_flag_keeps_the_statistics(digits_pbfgs):
+    # The plain run (DIGITS_PBFGS, two epochs); the flagged one stops after the first, to compare
+    assert run_here("train_pbfgs.py", *DIGITS_SUB, "--epochs", "1", "--batch-size", "128",
+                    "--save-dir", digits_pbfgs, "--output-tag", "bn", "--bn-reestimate") == 0
+    plain, flagged = (json.load(open(digits_pbfgs / f"results_pbfgs{t}.json")) for t in ("", "_bn"))
     for run in (plain, flagged):
         assert set(run["final"]) >= {"test_acc", "test_loss", "test_acc_bn", "test_loss_bn"}
         assert run["final"]["test_acc"] == run["epochs"][-1]["test_acc"]  # the authors' evaluation
+        assert set(run["start"]) >= {"test_acc", "test_acc_bn"}  # and the restart sample's
     # The flag changes no step: same trajectory, same evaluations; it adds per-epoch figures.
-    assert plain["final"] == flagged["final"]
-    assert [e["coords"] for e in plain["epochs"]] == [e["coords"] for e in flagged["epochs"]]
+    assert plain["start"] == flagged["start"] and len(flagged["epochs"]) == 2
+    for a, b in zip(plain["epochs"], flagged["epochs"]):
+        assert a["coords"] == b["coords"] and a["test_acc"] == b["test_acc"]
     assert flagged["epochs"][-1]["test_acc_bn"] == flagged["final"]["test_acc_bn"]
     assert "test_acc_bn" not in plain["epochs"][-1]
     # Only the flag's saved model keeps the re-estimated statistics.
     test_loader = utils.make_loader(utils.load_digits(False), 128, torch.device("cpu"), False)
-    for tag, key in (("plain", "test_acc"), ("bn", "test_acc_bn")):
+    for name, run, key in (("PBFGS.pt", plain, "test_acc"), ("PBFGS_bn.pt", flagged, "test_acc_bn")):
         model = models.build("resnet8", 10)
-        model.load_state_dict(torch.load(digits_samples / f"PBFGS_{tag}.pt", weights_only=True))
-        assert utils.evaluate(model, test_loader)[1] == pytest.approx(
-            {"plain": plain, "bn": flagged}[tag]["final"][key], abs=1e-9)
-    sgd = json.load(open(digits_samples / "results_sgd.json"))
+        model.load_state_dict(torch.load(digits_pbfgs / name, weights_only=True))
+        assert utils.evaluate(model, test_loader)[1] == pytest.approx(run["final"][key], abs=1e-9)
+    sgd = json.load(open(digits_pbfgs / "results_sgd.json"))
     assert sgd["final"]["test_acc"] == sgd["epochs"][-1]["test_acc"]

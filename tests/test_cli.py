@@ -10,7 +10,7 @@ import torch
 
 import models
 import utils
-from conftest import ROOT, run_here, run_script
+from conftest import ROOT, run_here
 
 
 def _readme_cases():
@@ -59,9 +59,6 @@ def snapshot(root):
 
 
 CASES = _readme_cases()
-# One row per script also goes through a fresh interpreter (``if __name__ == "__main__"``).
-IN_SUBPROCESS = {next(i for i, r in enumerate(CASES) if r[0] == s)
-                 for s in ("train_sgd.py", "train_pbfgs.py", "train_psgd.py")}
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{r[0]}:{r[1]}" for r in CASES])
@@ -70,13 +67,9 @@ def test_bad_input(folders, index, capsys):
     args = [a.format(**{k: str(v) for k, v in folders.items()}) for a in shlex.split(arguments)]
     base = os.path.dirname(str(folders["empty"]))
     before = snapshot(base)
-    if index in IN_SUBPROCESS:
-        out = run_script(script, "--device", "cpu", *args, timeout=300)
-        code, stdout, stderr = out.returncode, out.stdout, out.stderr
-    else:
-        capsys.readouterr()
-        code = run_here(script, "--device", "cpu", *args)
-        stdout, stderr = capsys.readouterr()
+    capsys.readouterr()
+    code = run_here(script, "--device", "cpu", *args)  # the command lines' own path, without
+    stdout, stderr = capsys.readouterr()                 # a new interpreter's start-up each
     assert code == 2, stdout + stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
@@ -101,16 +94,34 @@ def test_help_of_each_script_lists_the_authors_flags():
         assert flag in helps["train_pbfgs"]
     for flag in ("--momentum", "--optimizer", "--milestones"):
         assert flag in helps["train_sgd"]
-    assert run_script("train_psgd.py", "--help").returncode == 0  # and from the command line
+    assert run_here("train_psgd.py", "--help") == 0  # and through its entry point
 
 
-def test_importing_the_scripts_parses_nothing_and_writes_nothing(tmp_path):
-    code = ("import sys; sys.argv = ['x', '--bogus']; import train_sgd, train_pbfgs, train_psgd; "
-            "print(train_pbfgs.PBFGS.__name__, train_psgd.utils.project_gradients_.__name__)")
+SCRIPTS_IN_A_FRESH_INTERPRETER = """
+import runpy, sys
+sys.argv = ["x", "--bogus"]
+import train_sgd, train_pbfgs, train_psgd
+print(train_pbfgs.PBFGS.__name__, train_psgd.utils.project_gradients_.__name__)
+for script in ("train_sgd.py", "train_pbfgs.py", "train_psgd.py"):
+    sys.argv = [script, "--epochs", "-1"]
+    try:
+        runpy.run_path(ROOT + "/" + script, run_name="__main__")
+    except SystemExit as e:
+        print(script, e.code)
+"""
+
+
+def test_importing_the_scripts_parses_nothing_and_their_command_lines_refuse_bad_input(tmp_path):
+    """In a fresh interpreter: importing the three scripts parses no argument and writes nothing;
+    run as ``__main__`` (as ``python train_X.py`` does), bad input is one line and exit status 2."""
     import subprocess
     import sys
+    code = SCRIPTS_IN_A_FRESH_INTERPRETER.replace("ROOT", repr(ROOT))
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=ROOT))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["PBFGS", "project_gradients_"]
+    assert out.stdout.split("\n")[:4] == ["PBFGS project_gradients_", "train_sgd.py 2",
+                                           "train_pbfgs.py 2", "train_psgd.py 2"]
+    errors = out.stderr.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("error: argument --epochs") for e in errors)
     assert os.listdir(tmp_path) == []

@@ -1,4 +1,4 @@
-"""The three scripts under torchrun: 2 processes, Gloo, on DIGITS, in one launch.
+"""The three scripts under torchrun: 2 processes, Gloo, on a small MNIST archive, in one launch.
 
 The launch goes through tests/torchrun_audit.py, which runs SGD, then P-BFGS, then P-SGD in the
 same two workers, records the files every rank touches and saves every rank's final parameters.
@@ -17,25 +17,30 @@ import models
 import train_pbfgs
 import utils
 
-DATA = ["--datasets", "DIGITS", "--arch", "resnet8", "--device", "cpu", "--smalldatasets", "0.05",
-        "--print-freq", "1"]
 SUB = ["--params_end", "3", "--n_components", "2"]
-# float64, so that comparing with one process is not drowned in float32 rounding of an
-# ill-conditioned gradient
-PBFGS = [*DATA, *SUB, "--epochs", 1, "--batch-size", 64, "--dtype", "float64"]
 
 
 @pytest.fixture(scope="module")
-def launch(tmp_path_factory):
+def runs(data_args):
+    """(SGD, P-BFGS, P-SGD) arguments on the tests' small MNIST, 80 training images. P-BFGS in
+    float64, so that comparing with one process is not drowned in float32 rounding of an
+    ill-conditioned gradient."""
+    data = [*data_args, "--smalldatasets", "0.5", "--print-freq", "1"]
+    return ([*data, "--epochs", 2, "--lr", 0.05, "--batch-size", 32],
+            [*data, *SUB, "--epochs", 1, "--batch-size", 64, "--dtype", "float64"],
+            [*data, *SUB, "--epochs", 1, "--batch-size", 32, "--lr", 0.3])
+
+
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory, runs):
     """One torchrun launch, 2 processes: SGD sampling, then P-BFGS and P-SGD on its samples."""
     tmp = tmp_path_factory.mktemp("ddp")
     save, audit = tmp / "save", tmp / "audit"
     audit.mkdir()
-    scripts = [["train_sgd.py", *DATA, "--epochs", 2, "--lr", 0.05, "--batch-size", 32,
-                "--save-dir", save],
-               ["train_pbfgs.py", *PBFGS, "--save-dir", save, "--output-tag", "two"],
-               ["train_psgd.py", *DATA, *SUB, "--epochs", 1, "--batch-size", 32, "--lr", 0.3,
-                "--save-dir", save]]
+    sgd, pbfgs, psgd = runs
+    scripts = [["train_sgd.py", *sgd, "--save-dir", save],
+               ["train_pbfgs.py", *pbfgs, "--save-dir", save, "--output-tag", "two"],
+               ["train_psgd.py", *psgd, "--save-dir", save]]
     argv = [str(a) for run in scripts for a in [*run, ":::"]][:-1]
     env = dict(os.environ, DLDR_AUDIT_DIR=str(audit), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -85,11 +90,11 @@ def test_sgd_under_torchrun(launch):
     assert results["epochs"][-1]["train_loss"] > 0 and len(results["epochs"]) == 3
 
 
-def test_pbfgs_two_processes_match_one(launch):
+def test_pbfgs_two_processes_match_one(launch, runs):
     """Same global batch: the 2-process P-BFGS run is the 1-process run."""
     save, _, audit = launch
     params2 = final_params(audit, 1)
-    model = utils.run_main(train_pbfgs.main, [*map(str, PBFGS), "--save-dir", str(save),
+    model = utils.run_main(train_pbfgs.main, [*map(str, runs[1]), "--save-dir", str(save),
                                               "--output-tag", "one"])
     params1 = torch.cat([p.detach().reshape(-1) for p in utils.trainable_parameters(model)])
     one, two = (json.loads((save / f"results_pbfgs_{t}.json").read_text())["epochs"]

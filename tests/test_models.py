@@ -24,23 +24,15 @@ def test_registry_covers_the_reference_zoo():
     assert names - set(REFERENCE_COUNTS) == EXTRA_NAMES
 
 
-def _count(name, classes):
-    with torch.device("meta"):  # shapes only: no memory, no initialisation time
-        return sum(p.numel() for p in models.build(name, classes).parameters())
-
-
-def test_parameter_counts_match_the_reference_zoo():
-    for name in models.names():
-        for classes in (10, 100):
-            expected = REFERENCE_COUNTS.get(name, {}).get(str(classes))
-            if expected is not None:
-                assert _count(name, classes) == expected, f"{name} with {classes} classes"
-
-
 @pytest.mark.parametrize("name", models.names())
-def test_architecture_forward_and_backward(name):
+def test_architecture_size_forward_and_backward(name):
+    """Built once, with 100 classes: the reference zoo's parameter count, a forward pass and
+    gradients reaching every parameter."""
     torch.manual_seed(0)
     model = models.build(name, num_classes=100)
+    expected = REFERENCE_COUNTS.get(name, {}).get("100")
+    if expected is not None:
+        assert sum(p.numel() for p in model.parameters()) == expected
     model.train()
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 100)
@@ -103,9 +95,9 @@ def test_whole_method_on_other_families(arch, tmp_path):
     import utils
 
     torch.manual_seed(0)
-    data = utils.load_digits(True).subset(64)
+    data = utils.load_digits(True).subset(16)
     model = models.build(arch, 10)
-    loader = utils.MemoryLoader(data, 32, torch.device("cpu"), shuffle=True, seed=0)
+    loader = utils.MemoryLoader(data, 8, torch.device("cpu"), shuffle=True, seed=0)
     sgd = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
     utils.save_sample(model, str(tmp_path), 0)
     for epoch in range(1, 4):
@@ -119,7 +111,7 @@ def test_whole_method_on_other_families(arch, tmp_path):
     assert basis.shape == (3, samples.shape[1]) and float(ratios.sum()) == pytest.approx(1.0)
     utils.load_sample_into(model, str(tmp_path / "0.pt"), arch)
     opt = utils.PBFGS(model.parameters(), basis.float(), buffers=model.buffers())
-    x, y = data.images[:32].float() / 255, data.labels[:32]
+    x, y = data.images.float() / 255, data.labels
 
     def closure():
         opt.zero_grad()
@@ -127,5 +119,5 @@ def test_whole_method_on_other_families(arch, tmp_path):
         if torch.is_grad_enabled():
             loss.backward()
         return loss
-    losses = [opt.step(closure).item() for _ in range(3)]
+    losses = [opt.step(closure).item() for _ in range(2)]  # the loss before each step
     assert losses[-1] < losses[0], losses

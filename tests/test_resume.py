@@ -15,7 +15,7 @@ import torch
 
 import dldr.progress
 import utils
-from conftest import ROOT, run_here, run_script
+from conftest import ROOT, run_here
 
 
 def results(folder, tag):
@@ -39,33 +39,24 @@ def _kill_during(script, args, marker, timeout=300):
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
 
-SGD_ARGS = ["--datasets", "DIGITS", "--arch", "resnet8", "--device", "cpu", "--epochs", 4,
-            "--smalldatasets", 0.2, "--batch-size", 32, "--print-freq", 2, "--corrupt", 0.2,
-            "--randomseed", 5, "--lr", 0.05]
-
-
-def test_sgd_killed_mid_epoch_resumes_to_identical_samples(tmp_path):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    # The uninterrupted reference runs in this interpreter (conftest.run_here).
-    assert run_here("train_sgd.py", *SGD_ARGS, "--save-dir", straight) == 0
-    _kill_during("train_sgd.py", [*SGD_ARGS, "--save-dir", killed], "Epoch: [2][4/")
+def test_sgd_killed_mid_epoch_resumes_to_identical_samples(tmp_path, sgd_reference, sgd_args,
+                                                          capsys):
+    killed = tmp_path / "killed"
+    _kill_during("train_sgd.py", [*sgd_args, "--save-dir", killed], "Epoch: [2][4/")
     assert utils.available_samples(str(killed)) == [0, 1, 2]
-    out = run_script("train_sgd.py", *SGD_ARGS, "--save-dir", killed, "--resume")
-    assert out.returncode == 0, out.stderr
-    assert "resumed" in out.stdout
-    for e in range(5):
-        assert (straight / f"{e}.pt").read_bytes() == (killed / f"{e}.pt").read_bytes(), e
-    a, b = results(straight, "sgd"), results(killed, "sgd")
+    assert run_here("train_sgd.py", *sgd_args, "--save-dir", killed, "--resume") == 0
+    assert "resumed" in capsys.readouterr().out
+    for e in range(4):
+        assert (sgd_reference / f"{e}.pt").read_bytes() == (killed / f"{e}.pt").read_bytes(), e
+    a, b = results(sgd_reference, "sgd"), results(killed, "sgd")
     strip = lambda r: [{k: v for k, v in e.items() if "time" not in k and k != "images_per_s"}
                        for e in r["epochs"]]
-    assert strip(a) == strip(b)
+    assert strip(a) == strip(b) and a["final"] == b["final"]
 
 
 @pytest.fixture(scope="module")
-def short_samples(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("short_sgd")
-    assert run_here("train_sgd.py", *SGD_ARGS[:7], 3, *SGD_ARGS[8:], "--save-dir", folder) == 0
-    return folder
+def short_samples(sgd_reference):
+    return sgd_reference  # its samples, copied: the subspace runs write beside them
 
 
 def _copy_samples(source, target):
@@ -80,14 +71,13 @@ class Stopped(Exception):
 
 
 @pytest.mark.parametrize("script,tag,extra", [
-    ("train_pbfgs.py", "PBFGS", ["--batch-size", 16, "--alpha", 0.01, "--accumulate", 2]),
-    ("train_psgd.py", "PSGD", ["--batch-size", 32]),
+    ("train_pbfgs.py", "PBFGS", ["--batch-size", 8, "--alpha", 0.01, "--accumulate", 2]),
+    ("train_psgd.py", "PSGD", ["--batch-size", 16]),
 ])
 def test_subspace_script_stopped_and_resumed_ends_identical(short_samples, tmp_path, monkeypatch,
-                                                            script, tag, extra):
-    common = ["--datasets", "DIGITS", "--arch", "resnet8", "--device", "cpu", "--smalldatasets", 0.2,
-              "--corrupt", 0.2, "--randomseed", 5, "--params_end", 4, "--n_components", 3,
-              "--epochs", 3, "--print-freq", 1, *extra]
+                                                            data_args, script, tag, extra):
+    common = [*data_args, "--corrupt", 0.2, "--randomseed", 5, "--params_end", 4,
+              "--n_components", 3, "--epochs", 3, "--print-freq", 1, *extra]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     _copy_samples(short_samples, straight)
     _copy_samples(short_samples, stopped)
@@ -113,9 +103,8 @@ def test_subspace_script_stopped_and_resumed_ends_identical(short_samples, tmp_p
     assert [e["test_acc"] for e in ra["epochs"]] == [e["test_acc"] for e in rb["epochs"]]
 
 
-def test_non_finite_loss_stops_with_one_line_and_keeps_the_samples(tmp_path):
-    code = run_here("train_sgd.py", "--datasets", "DIGITS", "--arch", "resnet8", "--smalldatasets",
-                    0.1, "--device", "cpu", "--epochs", 4, "--lr", 1e12, "--save-dir", tmp_path,
+def test_non_finite_loss_stops_with_one_line_and_keeps_the_samples(tmp_path, data_args):
+    code = run_here("train_sgd.py", *data_args, "--epochs", 4, "--lr", 1e12, "--save-dir", tmp_path,
                     "--print-freq", 100)
     # SystemExit with a message: Python prints it as the one line on stderr and exits with 1
     assert isinstance(code, str) and "\n" not in code
