@@ -137,11 +137,8 @@ def main(argv=None):
     start_epoch, best_prec1 = args.start_epoch, 0.0
     w_start = flat.data.clone()  # the restart sample: coordinates are taken from here
     if args.evaluate:
-        if args.resume:
-            utils.load_weights(utils.find_resume_checkpoint(args.resume, args.save_dir, ckpt_name),
-                               model)
-        loss, prec = utils.evaluate(step_model, test_loader, amp, args.print_freq)
-        utils.log_test(prec, loss)
+        utils.evaluate_only(args.resume, args.save_dir, ckpt_name, model, step_model, test_loader,
+                            amp, args.print_freq)
         return model
     stateful = {"pbfgs": opt}
     # From here on the run writes, alone (rank 0 under torchrun): a stop (signal, failed write)
@@ -185,13 +182,8 @@ def main(argv=None):
             if opt.skipped_pairs > skipped_before:
                 utils.log(f"=> P-BFGS: {opt.skipped_pairs - skipped_before} non-finite curvature "
                           f"pairs left out of H in epoch {epoch}")
-            test_loss, prec1 = utils.evaluate(step_model, test_loader, amp, args.print_freq)
-            utils.log_test(prec1, test_loss)
-            bn = utils.evaluate_reestimated(model, step_model, test_loader, bn_loader,
-                                            amp) if args.bn_reestimate else None
-            if bn is not None:
-                utils.log(f"=> BatchNorm statistics re-estimated: Prec@1 {bn[1]:.3f}\t"
-                          f"Loss {bn[0]:.4f}")
+            test_loss, prec1, bn_fields = utils.evaluate_epoch(
+                model, step_model, test_loader, bn_loader, amp, args.print_freq, args.bn_reestimate)
             steps = opt.search_steps[steps_before:]
             best_prec1 = max(best_prec1, prec1)
             results.add(epoch=epoch + 1, train_loss=progress.loss, train_acc=progress.accuracy,
@@ -200,7 +192,7 @@ def main(argv=None):
                         mean_shrinks=sum(steps) / max(len(steps), 1),
                         skipped_pairs=opt.skipped_pairs,
                         coords=(basis @ (flat.data - w_start)).tolist(),
-                        **({"test_loss_bn": bn[0], "test_acc_bn": bn[1]} if bn else {}), save=False)
+                        **bn_fields, save=False)
             ckpt = utils.checkpoint_state(epoch + 1, model, stateful, train_loader, best_prec1,
                                           results)
             state.save(ckpt)  # first: the results can be rebuilt from it

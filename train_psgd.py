@@ -117,11 +117,8 @@ def main(argv=None):
     start_epoch, best_prec1 = args.start_epoch, 0.0
     w_start = flat.data.clone()  # the restart sample: coordinates are taken from here
     if args.evaluate:
-        if args.resume:
-            utils.load_weights(utils.find_resume_checkpoint(args.resume, args.save_dir, ckpt_name),
-                               model)
-        loss, prec = utils.evaluate(step_model, test_loader, amp, args.print_freq)
-        utils.log_test(prec, loss)
+        utils.evaluate_only(args.resume, args.save_dir, ckpt_name, model, step_model, test_loader,
+                            amp, args.print_freq)
         return model
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     # From here on the run writes, alone (rank 0 under torchrun): a stop (signal, failed write)
@@ -163,19 +160,14 @@ def main(argv=None):
                 raise SystemExit(f"error: {e}; the last good state is in {ckpt_name}")
             scheduler.step()
             train_time = time.time() - epoch_start
-            test_loss, prec1 = utils.evaluate(step_model, test_loader, amp, args.print_freq)
-            utils.log_test(prec1, test_loss)
-            bn = utils.evaluate_reestimated(model, step_model, test_loader, bn_loader,
-                                            amp) if args.bn_reestimate else None
-            if bn is not None:
-                utils.log(f"=> BatchNorm statistics re-estimated: Prec@1 {bn[1]:.3f}\t"
-                          f"Loss {bn[0]:.4f}")
+            test_loss, prec1, bn_fields = utils.evaluate_epoch(
+                model, step_model, test_loader, bn_loader, amp, args.print_freq, args.bn_reestimate)
             best_prec1 = max(best_prec1, prec1)
             results.add(epoch=epoch + 1, train_loss=progress.loss, train_acc=progress.accuracy,
                         test_loss=test_loss, test_acc=prec1, lr=current_lr, train_time=train_time,
                         time=time.time() - epoch_start,
                         coords=(basis @ (flat.data - w_start)).tolist(),
-                        **({"test_loss_bn": bn[0], "test_acc_bn": bn[1]} if bn else {}), save=False)
+                        **bn_fields, save=False)
             ckpt = utils.checkpoint_state(epoch + 1, model, stateful, train_loader, best_prec1,
                                           results)
             state.save(ckpt)  # first: the results can be rebuilt from it

@@ -137,11 +137,8 @@ def main(argv=None):
                             dict(vars(args)), {"num_params": n_params, "num_classes": num_classes})
     start_epoch, best_prec1 = args.start_epoch, 0.0
     if args.evaluate:
-        if args.resume:
-            path = utils.find_resume_checkpoint(args.resume, args.save_dir, "checkpoint.pt")
-            utils.load_weights(path, model)
-        loss, prec = utils.evaluate(eval_model, test_loader, amp, args.print_freq)
-        utils.log_test(prec, loss)
+        utils.evaluate_only(args.resume, args.save_dir, "checkpoint.pt", model, eval_model,
+                            test_loader, amp, args.print_freq)
         return model
     # From here on the run writes, alone (rank 0 under torchrun): a stop (signal, failed write)
     # says what is saved and how to resume; every epoch ends with its checkpoint, then its sample

@@ -24,9 +24,10 @@ Around them:
 """
 from dldr.basis import random_basis, streaming_subspace_basis, subspace_basis
 from dldr.batches import MemoryLoader, bn_loader, crop_flip, make_loader, test_batch_size
-from dldr.batchnorm import evaluate_reestimated, evaluate_twice, has_batchnorm, reestimate_bn
-from dldr.checkpoints import (RunState, checkpoint_state, fast_forward, find_resume_checkpoint,
-                              load_weights, resume_run)
+from dldr.batchnorm import (evaluate_epoch, evaluate_reestimated, evaluate_twice, has_batchnorm,
+                            reestimate_bn)
+from dldr.checkpoints import (RunState, checkpoint_state, evaluate_only, fast_forward,
+                              find_resume_checkpoint, load_weights, resume_run)
 from dldr.cli import (ArgumentParser, UsageError, add_common_arguments, add_subspace_arguments,
                       fraction, int_list, nonnegative_int, output_tag, positive_int, run_main)
 from dldr.data import (CIFAR100_MEAN, FOLDER_DATASETS, IMAGENET_MEAN, IMAGENET_STD, FolderSet,

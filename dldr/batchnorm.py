@@ -2,7 +2,7 @@
 weights rather than by running statistics that lag behind large steps (P-BFGS's)."""
 import torch
 
-from .progress import evaluate, log
+from .progress import evaluate, log, log_test
 
 
 def has_batchnorm(model):
@@ -37,6 +37,22 @@ def evaluate_reestimated(model, eval_model, test_loader, bn_loader, amp, keep=Fa
         for b, value in zip(model.buffers(), saved):
             b.copy_(value)
     return result
+
+
+def evaluate_epoch(model, eval_model, test_loader, bn_loader, amp, print_freq, reestimate):
+    """A subspace run's evaluation after an epoch: the authors' (their Test and `` * Prec@1``
+    lines) and, with ``reestimate`` (--bn-reestimate), again with BatchNorm statistics re-estimated
+    and then put back (an ``=> `` line). Returns (test loss, accuracy, the re-estimated results
+    fields: {} without ``reestimate`` or BatchNorm)."""
+    loss, acc = evaluate(eval_model, test_loader, amp, print_freq)
+    log_test(acc, loss)
+    if not reestimate:
+        return loss, acc, {}
+    bn = evaluate_reestimated(model, eval_model, test_loader, bn_loader, amp)
+    if bn is None:
+        return loss, acc, {}
+    log(f"=> BatchNorm statistics re-estimated: Prec@1 {bn[1]:.3f}\tLoss {bn[0]:.4f}")
+    return loss, acc, {"test_loss_bn": bn[0], "test_acc_bn": bn[1]}
 
 
 def evaluate_twice(model, eval_model, test_loader, bn_loader, amp, label, keep=False):

@@ -7,6 +7,7 @@ import torch
 
 from .cli import UsageError
 from .files import Interrupted, WriteError, atomic_torch_save, safe_load
+from .progress import evaluate, log_test
 
 
 def rng_state():
@@ -65,6 +66,16 @@ def load_weights(path, model):
         model.load_state_dict(checkpoint_weights(safe_load(path), path))
     except RuntimeError as e:
         raise UsageError(f"{path}: does not fit --arch ({str(e).splitlines()[0][:200]})")
+
+
+def evaluate_only(resume, save_dir, checkpoint_name, model, eval_model, test_loader, amp,
+                  print_freq):
+    """``-e``: the authors' evaluation (their Test and `` * Prec@1`` lines) of the ``--resume``
+    checkpoint's weights, or of ``model`` as built when there is no ``--resume``."""
+    if resume:
+        load_weights(find_resume_checkpoint(resume, save_dir, checkpoint_name), model)
+    loss, prec = evaluate(eval_model, test_loader, amp, print_freq)
+    log_test(prec, loss)
 
 
 def fast_forward(scheduler, epochs):
