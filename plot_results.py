@@ -2,8 +2,8 @@
 
     python plot_results.py SAVE_DIR
 
-- curves.png: test accuracy and training loss against epoch for SGD, P-SGD, P-BFGS and the
-  random-basis controls found in the save dir;
+- curves.png: test accuracy and training loss against epoch for SGD, P-SGD, P-BFGS, TWA, SWA
+  and the random-basis controls found in the save dir;
 - explained_variance.png: the explained-variance ratio of the SGD trajectory's principal
   directions, per direction and cumulative;
 - trajectory.png: the SGD samples and the subspace runs projected on the trajectory's top two
@@ -25,7 +25,11 @@ import summarize  # noqa: E402
 import utils  # noqa: E402
 
 STYLE = {"sgd": ("SGD", "k", "-"), "psgd": ("P-SGD", "tab:blue", "-"),
-         "pbfgs": ("P-BFGS", "tab:red", "-"), "psgd_random": ("P-SGD, random basis", "tab:blue", ":"),
+         "pbfgs": ("P-BFGS", "tab:red", "-"), "twa": ("TWA", "tab:green", "-"),
+         "swa": ("SWA", "tab:purple", "-"),
+         "psgd_span": ("P-SGD, span basis", "tab:blue", "-."),
+         "pbfgs_span": ("P-BFGS, span basis", "tab:red", "-."),
+         "psgd_random": ("P-SGD, random basis", "tab:blue", ":"),
          "pbfgs_random": ("P-BFGS, random basis", "tab:red", ":")}
 
 
@@ -41,7 +45,7 @@ def plot_curves(runs):
         epochs = runs[tag]["epochs"]
         label, color, ls = style(tag)
         ax_acc.plot([e["epoch"] for e in epochs], [e["test_acc"] for e in epochs], ls, color=color,
-                    label=label)
+                    label=label, marker="o" if len(epochs) == 1 else None)
         bn = summarize.final_bn(runs[tag])
         if bn is not None:
             ax_acc.plot([epochs[-1]["epoch"]], [bn], "D", color=color, ms=6, mfc="none",
@@ -90,18 +94,24 @@ def plot_explained_variance(samples):
 
 
 def subspace_path(run, samples, model):
-    """The run's per-epoch parameters, rebuilt as start + P^T coords (P recomputed exactly)."""
+    """The run's per-epoch parameters, rebuilt as start + P^T coords (P recomputed exactly); for
+    SWA, the one point it is: the samples' mean."""
     a = run["args"]
+    used = samples[a["params_start"]:a["params_end"]:a.get("params_step", 1)].double()
+    if run.get("method") == "swa":
+        return used.mean(0, keepdim=True)
     coords = torch.tensor([e["coords"] for e in run["epochs"] if "coords" in e], dtype=torch.float64)
     if not len(coords):
         return None
     k = coords.shape[1]
     if a["basis"] == "random":
         basis = utils.random_basis(samples.shape[1], k, a["randomseed"])
+    elif a["basis"] == "span":
+        basis = utils.span_basis(used)
     else:
-        used = samples[a["params_start"]:a["params_end"]:a.get("params_step", 1)]
         basis, _ = utils.subspace_basis(used, k)
-    start = samples[a["params_start"]].double()
+    begin = run.get("train_start", a["params_start"])
+    start = used.mean(0) if begin == "mean" else samples[begin].double()
     return start + coords @ basis
 
 
@@ -115,13 +125,16 @@ def plot_trajectory(samples, runs, model):
     ax3 = fig.add_subplot(1, 2, 2, projection="3d") if basis.shape[0] >= 3 else None
     paths = {"sgd": sgd}
     for tag, run in runs.items():
-        if tag != "sgd" and "args" in run and "coords" in run["epochs"][-1]:
+        if tag != "sgd" and "args" in run and ("coords" in run["epochs"][-1]
+                                                or run.get("method") == "swa"):
             path = subspace_path(run, samples, model)
             if path is not None:
                 paths[tag] = project(path)
     for tag, xyz in paths.items():
         label, color, ls = style(tag)
-        ax2.plot(xyz[:, 0], xyz[:, 1], ls, marker="o", ms=2.5, color=color, label=label)
+        point = len(xyz) == 1  # SWA: a point, not a path
+        ax2.plot(xyz[:, 0], xyz[:, 1], ls, marker="P" if point else "o", ms=9 if point else 2.5,
+                 color=color, label=label)
         if ax3 is not None:
             ax3.plot(xyz[:, 0], xyz[:, 1], xyz[:, 2], ls, marker="o", ms=2, color=color, label=label)
     ax2.plot(sgd[0, 0], sgd[0, 1], "g*", ms=12, label="initialisation (sample 0)")

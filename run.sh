@@ -2,7 +2,9 @@
 # DLDR pipelines.
 #   ./run.sh          the authors' CIFAR pipeline: 150 SGD epochs (samples 0..150), then P-BFGS
 #                     (20 epochs, batch 1024) and P-SGD (40 epochs) in the 40-dimensional subspace
-#                     of samples 0..80. Override with DATASETS, ARCH, CORRUPT, SAVE_DIR, SEED, DEVICE;
+#                     of samples 0..80; beside them on the same samples, TWA (10 epochs in their
+#                     span, from their mean) and SWA (their mean), and SWA of the tail (samples
+#                     101..150, after the LR drop). Override with DATASETS, ARCH, CORRUPT, SAVE_DIR, SEED, DEVICE;
 #                     EXTRA_ARGS is added to every script (e.g. "--amp bf16 --compile"); OVERWRITE=1
 #                     replaces an earlier run in SAVE_DIR.
 #   ./run.sh demo     the whole pipeline offline on scikit-learn's DIGITS, on the CPU, in minutes,
@@ -11,6 +13,17 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
+
+usage() {
+    sed -n '2,/^# Default folders/p' "$0" | sed 's/^# \{0,1\}//'
+}
+case "${1:-}" in
+    -h|--help) usage; exit 0 ;;
+    ""|demo) ;;
+    *) echo "error: ./run.sh takes no argument or 'demo', not '$1'  (see ./run.sh --help)" >&2
+       exit 2 ;;
+esac
+(( $# <= 1 )) || { echo "error: ./run.sh takes at most one argument  (see ./run.sh --help)" >&2; exit 2; }
 
 if [[ "${1:-}" == "demo" ]]; then
     ARCH=${ARCH:-resnet20}
@@ -42,6 +55,7 @@ SAVE_DIR=${SAVE_DIR:-save_${DATASETS}_${ARCH}_corrupt${CORRUPT}_seed${SEED}}
 LOG=${LOG:-log_${ARCH}}
 DEV=()
 [[ -n "${DEVICE:-}" ]] && DEV=(--device "$DEVICE")
+ONLY_DEV=("${DEV[@]}")  # swa.py trains nothing: it takes no training flags of EXTRA_ARGS
 read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
 DEV+=("${EXTRA[@]}")
 SGD_ONLY=()
@@ -49,11 +63,21 @@ SGD_ONLY=()
 
 $PY -u train_sgd.py --datasets "$DATASETS" --lr 0.1 --corrupt "$CORRUPT" --arch "$ARCH" --epochs 150 \
     --randomseed "$SEED" --save-dir "$SAVE_DIR" "${DEV[@]}" "${SGD_ONLY[@]}" |& tee -a "$LOG"
+# P-BFGS builds the basis and saves it; P-SGD reuses it (it checks that the samples are the same)
 $PY -u train_pbfgs.py --epochs 20 --datasets "$DATASETS" --corrupt "$CORRUPT" --params_start 0 \
     --params_end 81 --batch-size 1024 --n_components 40 --arch "$ARCH" --randomseed "$SEED" \
-    --save-dir "$SAVE_DIR" "${DEV[@]}" |& tee -a "$LOG"
+    --save-dir "$SAVE_DIR" --basis-file "$SAVE_DIR/basis_dldr.pt" "${DEV[@]}" |& tee -a "$LOG"
 $PY -u train_psgd.py --epochs 40 --datasets "$DATASETS" --lr 1 --corrupt "$CORRUPT" --params_start 0 \
     --params_end 81 --batch-size 128 --n_components 40 --arch "$ARCH" --randomseed "$SEED" \
-    --save-dir "$SAVE_DIR" "${DEV[@]}" |& tee -a "$LOG"
+    --save-dir "$SAVE_DIR" --basis-file "$SAVE_DIR/basis_dldr.pt" "${DEV[@]}" |& tee -a "$LOG"
+# What sits beside DLDR on the same trajectory: TWA (the authors' next paper) and SWA
+$PY -u train_twa.py --epochs 10 --datasets "$DATASETS" --corrupt "$CORRUPT" --params_start 0 \
+    --params_end 81 --batch-size 128 --arch "$ARCH" --randomseed "$SEED" --save-dir "$SAVE_DIR" \
+    "${DEV[@]}" |& tee -a "$LOG"
+$PY -u swa.py --datasets "$DATASETS" --corrupt "$CORRUPT" --params_start 0 --params_end 81 \
+    --arch "$ARCH" --randomseed "$SEED" --save-dir "$SAVE_DIR" "${ONLY_DEV[@]}" |& tee -a "$LOG"
+$PY -u swa.py --datasets "$DATASETS" --corrupt "$CORRUPT" --params_start 101 --params_end 151 \
+    --arch "$ARCH" --randomseed "$SEED" --save-dir "$SAVE_DIR" --output-tag tail "${ONLY_DEV[@]}" \
+    |& tee -a "$LOG"
 $PY -u summarize.py "$SAVE_DIR" |& tee -a "$LOG"
 $PY -u plot_results.py "$SAVE_DIR" |& tee -a "$LOG"

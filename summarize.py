@@ -9,8 +9,11 @@ import json
 import os
 import sys
 
-ORDER = ["sgd", "psgd", "pbfgs", "psgd_random", "pbfgs_random"]
+ORDER = ["sgd", "psgd", "pbfgs", "twa", "swa", "psgd_span", "pbfgs_span", "psgd_random",
+         "pbfgs_random"]
 LABELS = {"sgd": "SGD (all parameters)", "psgd": "P-SGD (DLDR basis)", "pbfgs": "P-BFGS (DLDR basis)",
+          "twa": "TWA (span, from mean)", "swa": "SWA (mean, BN re-est.)",
+          "psgd_span": "P-SGD (span basis)", "pbfgs_span": "P-BFGS (span basis)",
           "psgd_random": "P-SGD (random basis)", "pbfgs_random": "P-BFGS (random basis)"}
 
 

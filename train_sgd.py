@@ -6,7 +6,6 @@ plus run.json (provenance), results_sgd.json (per-epoch metrics) and checkpoint.
     python -u train_sgd.py --datasets CIFAR10 --arch resnet20 --epochs 150 --save-dir save_resnet20
 """
 import os
-import time
 
 import torch
 import torch.nn.functional as F
@@ -17,16 +16,17 @@ import utils
 def build_parser():
     p = utils.ArgumentParser(description="DLDR step 1: SGD training that samples the trajectory")
     utils.add_common_arguments(p, arch="resnet20", epochs=200, lr=0.1, batch_size=128)
-    p.add_argument("--momentum", default=0.9, type=float, metavar="M",
+    p.add_argument("--momentum", default=0.9, type=utils.momentum_factor, metavar="M",
                    help="momentum (default: 0.9)")
     p.add_argument("--weight-decay", "--weight_decay", "--wd", dest="weight_decay", default=1e-4,
-                   type=float, metavar="W", help="weight decay (default: 1e-4)")
+                   type=utils.nonnegative_number, metavar="W", help="weight decay (default: 1e-4)")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"),
                    help="sgd (default, learning rate --lr) or adam (learning rate --adam-lr)")
-    p.add_argument("--adam-lr", "--adam_lr", dest="adam_lr", default=0.001, type=float,
+    p.add_argument("--adam-lr", "--adam_lr", dest="adam_lr", default=0.001,
+                   type=utils.positive_number,
                    metavar="LR", help="Adam's learning rate (default: 0.001, the authors' fixed "
                                       "value; --lr is SGD's)")
-    p.add_argument("--milestones", default=None, type=utils.int_list,
+    p.add_argument("--milestones", default=None, type=utils.milestones,
                    metavar="E1,E2", help="epochs where the LR drops 10x (default: 100,150 for "
                    "CIFAR10 and others, 150 for CIFAR100)")
     p.add_argument("--overwrite", action="store_true",
@@ -71,28 +71,34 @@ def main(argv=None):
     utils.check_arch_name(args.arch, args.datasets)
     utils.check_dataset_name(args.datasets, args.data_root)
     device = utils.resolve_device(args.device)
-    if not args.lr > 0 or not args.adam_lr > 0:
-        raise utils.UsageError(f"--lr {args.lr} / --adam-lr {args.adam_lr}: must be positive")
-    if args.milestones is not None and any(m <= 0 for m in args.milestones):
-        raise utils.UsageError(f"--milestones {args.milestones}: epochs must be positive")
+    amp = utils.amp_mode(args.amp, args.half, args.dtype)
+    if args.start_epoch > args.epochs:
+        raise utils.UsageError(f"--start-epoch {args.start_epoch}: beyond --epochs {args.epochs}; "
+                               f"use --epochs >= {args.start_epoch}")
     if args.resume and args.overwrite:
         raise utils.UsageError("--resume and --overwrite contradict each other; choose one")
     if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
         raise utils.UsageError(f"--resume: no checkpoint at {args.resume}")
-    lock = utils.OutputLock(args.save_dir, "sgd", "samples, checkpoint.pt and results_sgd.json")
-    if os.path.isdir(args.save_dir) and not args.evaluate:
-        lock.check()  # before anything else of the folder: another run may be writing it
+    if args.resume == "auto" and not os.path.isfile(os.path.join(args.save_dir, "checkpoint.pt")):
+        raise utils.UsageError(f"--resume: no checkpoint.pt in {args.save_dir} to resume from")
+    milestones = args.milestones or ([150] if args.datasets == "CIFAR100" else [100, 150])
+    # What defines the run: its checkpoints record it, and --resume must match it
+    identity = {k: getattr(args, k) for k in ("arch", "datasets", "corrupt", "smalldatasets",
+                                              "randomseed", "batch_size", "optimizer", "lr",
+                                              "adam_lr", "momentum", "weight_decay", "dtype",
+                                              "loader")}
+    identity.update(method="sgd", milestones=milestones, amp=amp)
+    run = utils.Run(args.save_dir, utils.SGD_OUTPUTS, identity, resume=args.resume,
+                    epochs=args.epochs, evaluating=args.evaluate, sample_dir=args.save_dir,
+                    keep_every=args.save_every)  # refuses when another run writes there
     existing = utils.available_samples(args.save_dir)
     if existing and not (args.resume or args.overwrite or args.evaluate):
         raise utils.UsageError(
             f"--save-dir {args.save_dir} already holds samples ({utils.describe_epochs(existing)}) "
             "of another run; pass --resume to continue it or --overwrite to replace it")
-    if args.resume == "auto" and not os.path.isfile(os.path.join(args.save_dir, "checkpoint.pt")):
-        raise utils.UsageError(f"--resume: no checkpoint.pt in {args.save_dir} to resume from")
-    amp = utils.amp_mode(args.amp, args.half, args.dtype)
     if args.pretrained and args.datasets in utils.FOLDER_DATASETS:  # fetched before any write
         utils.pretrained_state(args.arch, len(utils.folder_classes(args.datasets, args.data_root)))
-    utils.check_writable_dir(args.save_dir)
+    utils.check_writable_dir(args.save_dir)  # created when the run starts writing
     device = utils.init_distributed(device)
     utils.log(args.save_dir)
     utils.seed_everything(args.randomseed)
@@ -126,107 +132,64 @@ def main(argv=None):
     else:
         lr = args.adam_lr
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay)
-    milestones = args.milestones or ([150] if args.datasets == "CIFAR100" else [100, 150])
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     train_loader = utils.make_loader(train_set, args.batch_size, device, shuffle=True,
                                      kind=args.loader, workers=args.workers, seed=args.randomseed)
     test_loader = utils.make_loader(test_set, utils.test_batch_size(args.datasets, args.batch_size),
                                     device, shuffle=False, kind=args.loader, workers=args.workers)
+    evaluator = utils.Evaluator(model, eval_model, test_loader,
+                                utils.bn_loader(train_set, args.batch_size, device, args.loader,
+                                                args.workers), amp, args.print_freq)
     results = utils.Results(os.path.join(args.save_dir, "results_sgd.json"), "sgd",
-                            dict(vars(args)), {"num_params": n_params, "num_classes": num_classes})
-    start_epoch, best_prec1 = args.start_epoch, 0.0
+                            dict(vars(args)), {"num_params": n_params, "num_classes": num_classes,
+                                               "milestones": milestones})
     if args.evaluate:
-        utils.evaluate_only(args.resume, args.save_dir, "checkpoint.pt", model, eval_model,
-                            test_loader, amp, args.print_freq)
-        return model
-    # From here on the run writes, alone (rank 0 under torchrun): a stop (signal, failed write)
-    # says what is saved and how to resume; every epoch ends with its checkpoint, then its sample
-    # and results, in that order, so that a run stopped at any moment resumes from its last
-    # complete epoch.
-    stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    checkpoint = os.path.join(args.save_dir, "checkpoint.pt")
-    if args.resume:
-        path = utils.find_resume_checkpoint(args.resume, args.save_dir, "checkpoint.pt")
-        start_epoch, best_prec1 = utils.resume_run(path, model, stateful, train_loader, results)
-    lock.acquire()
-    state = utils.RunState(checkpoint)
-    with state.guard():
-        if args.overwrite and utils.is_main_process():
-            clear_run(args.save_dir)
-        if train_set.noise is not None and not args.resume:
-            utils.save_noise_record(args.save_dir, train_set.noise)
         if args.resume:
-            state.saved = start_epoch
-            if start_epoch not in utils.available_samples(args.save_dir):  # its write had failed
-                utils.save_sample(model, args.save_dir, start_epoch)
-            results.save()
-        else:
-            utils.fast_forward(scheduler, start_epoch)  # --start-epoch N: the schedule of epoch N
+            utils.load_weights(utils.find_resume_checkpoint(args.resume, args.save_dir,
+                                                            "checkpoint.pt"), model)
+        evaluator.test()
+        return model
+
+    with run.writing(model=model, stateful={"optimizer": optimizer, "scheduler": scheduler,
+                                                    "scaler": scaler},
+                     train_loader=train_loader, results=results, evaluator=evaluator,
+                     start_epoch=args.start_epoch):
+        if not run.resumed:
+            if args.overwrite and utils.is_main_process():
+                clear_run(args.save_dir)
+            if train_set.noise is not None:
+                utils.save_noise_record(args.save_dir, train_set.noise)
+            utils.fast_forward(scheduler, run.epoch)  # --start-epoch N: the schedule of epoch N
             utils.atomic_write_json(os.path.join(args.save_dir, "run.json"),
                                     utils.provenance(dict(vars(args)), num_classes))
-            loss, prec = utils.evaluate(eval_model, test_loader, amp)
-            utils.log(f"=> sample {start_epoch}, before training: Prec@1 {prec:.3f}\t"
+            loss, prec = evaluator.test(lines=False)
+            utils.log(f"=> sample {run.epoch}, before training: Prec@1 {prec:.3f}\t"
                       f"Loss {loss:.4f}")
-            results.add(epoch=start_epoch, test_loss=loss, test_acc=prec, time=0.0, lr=lr,
-                        save=False)
-            state.save(utils.checkpoint_state(start_epoch, model, stateful, train_loader,
-                                              best_prec1, results))
-            utils.save_sample(model, args.save_dir, start_epoch)
-            results.save()
+            run.save_start(test_loss=loss, test_acc=prec, time=0.0, lr=lr)  # and sample 0.pt
         warmup = args.arch in ("resnet110", "resnet1202") and args.optimizer == "sgd"
         begin_step = utils.step_marker(device, args.compile)
-        utils.log(f"Start training:  {start_epoch} -> {args.epochs}")
-        run_start = time.time()
-        for epoch in range(start_epoch, args.epochs):
-            state.epoch = epoch
+        utils.log(f"Start training:  {run.epoch} -> {args.epochs}")
+        for epoch in run.epochs(args.epochs):
             if warmup and epoch == 0:
                 # He et al.: lr/10 until training gets going (the first epoch here), then back.
                 for group in optimizer.param_groups:
                     group["lr"] = lr * 0.1
-            epoch_start = time.time()
             current_lr = optimizer.param_groups[0]["lr"]
             utils.log(f"current lr {current_lr:.5e}")
-            progress = utils.EpochProgress(epoch, len(train_loader), args.print_freq,
-                                           args.epochs - epoch - 1, print_last=False)
-            try:
-                train_epoch(step_model, train_loader, optimizer, scaler, progress, amp, begin_step,
-                            channels_last)
-            except utils.NonFiniteLoss as e:
-                raise SystemExit(f"error: {e}; samples up to {epoch}.pt are kept in "
-                                 f"{args.save_dir}")
+            progress = run.progress(epoch, args.epochs, args.print_freq, print_last=False)
+            train_epoch(step_model, train_loader, optimizer, scaler, progress, amp, begin_step,
+                        channels_last)
             utils.log(f"Total time for epoch [{epoch}] : {progress.batch_time:.3f}")
             if warmup and epoch == 0:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
             scheduler.step()
-            train_time = time.time() - epoch_start
-            test_loss, prec1 = utils.evaluate(eval_model, test_loader, amp, args.print_freq)
-            utils.log_test(prec1, test_loss)
-            best_prec1 = max(best_prec1, prec1)
-            results.add(epoch=epoch + 1, train_loss=progress.loss, train_acc=progress.accuracy,
-                        test_loss=test_loss, test_acc=prec1, lr=current_lr,
-                        train_time=train_time, time=time.time() - epoch_start,
-                        images_per_s=progress.seen / max(train_time, 1e-9), save=False)
-            # The checkpoint first: it holds the sample's weights, so no failure loses the epoch.
-            ckpt = utils.checkpoint_state(epoch + 1, model, stateful, train_loader, best_prec1,
-                                          results)
-            state.save(ckpt)
-            utils.save_sample(model, args.save_dir, epoch + 1)
-            results.save()
-            if (epoch + 1) % args.save_every == 0:
-                utils.atomic_torch_save(ckpt, os.path.join(args.save_dir,
-                                                           f"checkpoint_{epoch + 1}.pt"))
-        state.trained = True
-        bn_loader = utils.bn_loader(train_set, args.batch_size, device, args.loader, args.workers)
-        results.data["final"] = utils.evaluate_twice(model, eval_model, test_loader, bn_loader, amp,
-                                                     "final")
-        results.save()
+            run.end_epoch(progress, before={"lr": current_lr})  # checkpoint, sample E.pt, results
+        run.finish()
         utils.log_sgd_lists(results.data["epochs"])
-        utils.log(f"=> SGD done: best Prec@1 {best_prec1:.3f}, total time "
-                  f"{utils.format_eta(time.time() - run_start)}, samples "
-                  f"{start_epoch}..{args.epochs} in {args.save_dir}")
-        return model
+        run.done("SGD", f"samples {run.first_epoch}..{args.epochs} in {args.save_dir}")
+    return model
 
 
 if __name__ == "__main__":

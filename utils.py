@@ -6,12 +6,16 @@
    dldr/samples.py       the samples 0.pt, 1.pt, ... written and read back as parameter vectors
    dldr/records.py       run.json, noisy_labels.json and results_*.json
 2. The DLDR basis
-   dldr/basis.py         the exact principal directions of the samples (in memory or streamed), and
-                         the random basis of the control
-   dldr/subspace.py      the subspace scripts' checks, their samples and basis, their output names
-3. Training in the subspace (train_pbfgs.py, train_psgd.py)
+   dldr/basis.py         the exact principal directions of the samples (DLDR), the span of the raw
+                         samples (TWA), in memory or streamed, and the random basis of the control
+   dldr/trajectory.py    which samples a run uses, their mean (SWA, TWA's start), and the basis built
+                         from them in one call, reused from a --basis-file
+3. Training in the subspace (train_pbfgs.py, train_psgd.py, train_twa.py; swa.py beside them)
    dldr/optim.py         PBFGS (a torch.optim optimizer), project_gradients_ (P-SGD), FlatParameters
 Around them:
+   dldr/run.py           a run's life cycle (resume, lock, checkpoints, final evaluations), run_main
+   dldr/subspace.py      the run of the two subspace scripts, on top of it: checks, basis, restart
+   dldr/evaluation.py    a run's evaluations: the authors', and with BatchNorm re-estimated
    dldr/cli.py           flags, argument types, the one-line error for bad input (exit status 2)
    dldr/networks.py      which network --arch names (models/ or torchvision), its dtype
    dldr/training.py      seeding, devices, precision, torch.compile
@@ -22,14 +26,17 @@ Around them:
    dldr/distributed.py   torchrun: sums over processes, BatchNorm over the global batch
    models/               the architectures, one file per family, each registered under its --arch
 """
-from dldr.basis import random_basis, streaming_subspace_basis, subspace_basis
+from dldr.basis import (random_basis, span_basis, streaming_span_basis,
+                        streaming_subspace_basis, subspace_basis)
 from dldr.batches import MemoryLoader, bn_loader, crop_flip, make_loader, test_batch_size
-from dldr.batchnorm import (evaluate_epoch, evaluate_reestimated, evaluate_twice, has_batchnorm,
-                            reestimate_bn)
-from dldr.checkpoints import (RunState, checkpoint_state, evaluate_only, fast_forward,
-                              find_resume_checkpoint, load_weights, resume_run)
-from dldr.cli import (ArgumentParser, UsageError, add_common_arguments, add_subspace_arguments,
-                      fraction, int_list, nonnegative_int, output_tag, positive_int, run_main)
+from dldr.batchnorm import evaluate_reestimated, has_batchnorm, reestimate_bn
+from dldr.checkpoints import (RunState, check_same_run, checkpoint_state, fast_forward,
+                              find_resume_checkpoint, load_resume, load_strictly, load_weights,
+                              resume_run)
+from dldr.cli import (ArgumentParser, SubspaceOptions, UsageError, add_common_arguments,
+                      add_data_arguments, add_sample_arguments, add_subspace_arguments, fraction,
+                      int_list, milestones, momentum_factor, nonnegative_int, nonnegative_number,
+                      output_tag, positive_int, positive_number, seed, share, train_start_point)
 from dldr.data import (CIFAR100_MEAN, FOLDER_DATASETS, IMAGENET_MEAN, IMAGENET_STD, FolderSet,
                        ImageSet, check_dataset_name, folder_classes, load_data, load_digits,
                        load_folder, load_mnist, load_synthetic, noisy_labels)
@@ -44,8 +51,11 @@ from dldr.records import (Results, check_noise_record, check_provenance, provena
 from dldr.samples import (available_samples, check_sample_range, describe_epochs, load_sample_into,
                           load_sample_matrix, load_state, param_vector_from_state, sample_path,
                           save_model, save_sample)
-from dldr.subspace import (check_subspace_run, describe_sample_epochs, load_samples, log_basis,
-                           note_unchecked_noise, output_names, sample_epochs, trajectory_basis)
+from dldr.evaluation import Evaluator
+from dldr.run import SGD_OUTPUTS, Outputs, Run, resume_command, run_main
+from dldr.subspace import (SubspaceRun, check_samples_run, load_data_and_model, make_evaluator,
+                           note_unchecked_noise, output_names)
+from dldr.trajectory import Basis, Trajectory, build_basis, describe_sample_epochs
 from dldr.progress import (EpochProgress, NonFiniteLoss, evaluate, format_eta, log,
                            log_sgd_lists, log_subspace_lists, log_test)
 from dldr.training import (amp_mode, autocast, compile_model, full_precision, resolve_device,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: the benchmark table, then the whole pipeline with run.sh's settings (150 SGD +
-# 20 P-BFGS + 40 P-SGD epochs, ResNet-20) on synthetic CIFAR-sized data, timed. Meant to finish in
+# 20 P-BFGS + 40 P-SGD epochs, then 10 of TWA and SWA, ResNet-20) on synthetic CIFAR-sized data, timed. Meant to finish in
 # under 8 minutes on one H100; each part is time-boxed so a slow part cannot eat the whole lease.
 #   bash bench/gpu_check.sh            (writes into ${OUT:-bench_out})
 set -uo pipefail
@@ -39,4 +39,4 @@ for m in ("sgd", "pbfgs", "psgd"):
         print(f"| {m} s/epoch (fast / reference) | {b[m]['fast_s']:.2f} / {b[m]['reference_s']:.2f} ({b[m]['speedup']:.1f}x) |")
 print(f"| basis 81 samples: ours / sklearn PCA | {b['basis']['ours_s']:.3f} s / {b['basis']['sklearn_pca_s']:.3f} s |")
 PYEOF
-echo "| pipeline 150+20+40 epochs (exit $status) | ${elapsed} s |"
+echo "| pipeline 150+20+40 epochs, TWA 10, SWA (exit $status) | ${elapsed} s |"

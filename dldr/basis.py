@@ -1,6 +1,6 @@
-"""The DLDR basis: the top principal directions of the trajectory's samples, exactly (float64
-Gram matrix and its eigendecomposition), in memory or streamed from the sample files; and the
-random orthonormal basis of the control runs."""
+"""The subspace bases: DLDR's (the top principal directions of the trajectory's samples, exactly:
+float64 Gram matrix and its eigendecomposition), TWA's (the span of the raw samples, by QR), both
+in memory or streamed from the sample files; and the random orthonormal basis of the control."""
 import torch
 
 from .cli import UsageError
@@ -91,17 +91,30 @@ def _read_columns(paths, layout, lo, out):
         del state  # the last reference to the mapping: munmap
 
 
-def _centred_chunks(paths, layout, dim, buffer, chunk):
-    """(first column, float64 centred columns) of all samples, `chunk` columns at a time, read
-    from the files a buffer's width at a time."""
+def _centred_chunks(paths, layout, dim, buffer, chunk, centre=True):
+    """(first column, float64 columns, centred unless ``centre`` is False) of all samples,
+    ``chunk`` columns at a time, read from the files a buffer's width at a time."""
     width = buffer.shape[1]
     for lo in range(0, dim, width):
         block = buffer[:, :min(width, dim - lo)]
         _read_columns(paths, layout, lo, block)
         for c in range(0, block.shape[1], chunk):
             cols = block[:, c:c + chunk].double()
-            cols -= cols.mean(0)
+            if centre:
+                cols -= cols.mean(0)
             yield lo + c, cols
+
+
+def _layout(paths, model, arch):
+    """Every sample file checked against ``model`` (before the long passes); returns the
+    parameters' (name, first column, size) and D."""
+    for path in paths:
+        check_state_matches(load_state(path, mmap=True), model, path, arch)
+    layout, dim = [], 0
+    for name, p in model.named_parameters():
+        layout.append((name, dim, p.numel()))
+        dim += p.numel()
+    return layout, dim
 
 
 def streaming_subspace_basis(paths, model, n_components, *, arch=None, working_bytes=1 << 30,
@@ -121,12 +134,7 @@ def streaming_subspace_basis(paths, model, n_components, *, arch=None, working_b
     arch = arch or type(model).__name__
     n = len(paths)
     _check_components(n, n_components)
-    for path in paths:  # every file checked before the long passes
-        check_state_matches(load_state(path, mmap=True), model, path, arch)
-    layout, dim = [], 0
-    for name, p in model.named_parameters():
-        layout.append((name, dim, p.numel()))
-        dim += p.numel()
+    layout, dim = _layout(paths, model, arch)
     # Compute in chunks of `chunk` columns (float64: centred samples, rows, solve output), read in
     # blocks of `width` columns: each file is unpickled once per block, so the blocks are as wide
     # as the budget allows.
@@ -152,6 +160,79 @@ def streaming_subspace_basis(paths, model, n_components, *, arch=None, working_b
         part = basis[:, lo:lo + chunk]
         part.copy_(torch.linalg.solve_triangular(chol, part.double(), upper=False))
     return basis, ratios
+
+
+def _span_rows(blocks, n, dim, out):
+    """The span basis into ``out`` (n, D) from ``blocks()``, an iterable of (first column,
+    float64 (n, w) columns) of the raw samples W, made twice.
+
+    Pass 1: R of the QR factorisation W^T = Q R, by TSQR (R of [R; block^T], block after block,
+    Householder throughout), with diag(R) > 0, so that row i of Q^T spans sample i with the rows
+    before it, as Gram-Schmidt orders them. Pass 2: the rows Q^T = R^-T W, block by block. Their
+    orthogonality error is about eps * cond(W); one Cholesky-QR pass on their Gram matrix, in
+    place, takes it to rounding (cond(Q) is about 1).
+    """
+    r = None
+    for _, cols in blocks():
+        stacked = cols.T if r is None else torch.cat([r, cols.T])
+        r = torch.linalg.qr(stacked, mode="r")[1][:n]
+    r = r * torch.where(r.diagonal() < 0, -1.0, 1.0).to(r.dtype)[:, None]
+    diag = r.diagonal().abs()
+    if len(diag) < n or diag.min() <= 1e-12 * diag.max():
+        raise UsageError(f"the {n} samples span fewer than {n} directions (two of them are equal, "
+                         "or one is a combination of the others); use another sample range")
+    row_gram = torch.zeros(n, n, dtype=torch.float64, device=out.device)
+    for lo, cols in blocks():
+        rows = torch.linalg.solve_triangular(r.T, cols, upper=False)
+        row_gram += rows @ rows.T
+        out[:, lo:lo + rows.shape[1]] = rows
+    chol = torch.linalg.cholesky(row_gram)
+    step = blocks.width
+    for lo in range(0, dim, step):  # the Cholesky-QR correction, in place
+        part = out[:, lo:lo + step]
+        part.copy_(torch.linalg.solve_triangular(chol, part.double(), upper=False))
+    return out
+
+
+class _Blocks:
+    """A re-iterable source of (first column, float64 columns) blocks ``width`` wide."""
+
+    def __init__(self, make, width):
+        self.make, self.width = make, width
+
+    def __call__(self):
+        return self.make()
+
+
+def span_basis(samples, block=None):
+    """An orthonormal basis of the span of the raw samples (TWA's subspace, Li et al. ICLR 2023:
+    not centred, one direction per sample), as Gram-Schmidt would give it but by Householder QR.
+
+    samples: (n, D) tensor. Returns the (n, D) float64 basis, row i in the span of samples
+    0..i and positive on sample i. Columns go through in blocks, as in ``subspace_basis``.
+    """
+    n, dim = samples.shape
+    block = min(block or (1 << 20 if samples.is_cuda else 1 << 12), dim)
+    blocks = _Blocks(lambda: ((lo, samples[:, lo:lo + block].double())
+                              for lo in range(0, dim, block)), block)
+    out = torch.empty(n, dim, dtype=torch.float64, device=samples.device)
+    return _span_rows(blocks, n, dim, out)
+
+
+def streaming_span_basis(paths, model, *, arch=None, working_bytes=1 << 30, dtype=torch.float32):
+    """``span_basis`` of sample files without holding the samples in memory: the same
+    factorisation, with the samples read from memory-mapped files a column block at a time
+    (three passes), peak memory the (n, D) basis plus about ``working_bytes``, the basis returned
+    as ``dtype`` (float32 by default, as ``streaming_subspace_basis``)."""
+    arch = arch or type(model).__name__
+    n = len(paths)
+    layout, dim = _layout(paths, model, arch)
+    chunk = max(n, min(1 << 16, dim, working_bytes // 8 // (24 * n)))
+    width = max(chunk, min(dim, (working_bytes - chunk * 24 * n) // (4 * n + 4)))
+    buffer = torch.empty(n, width, dtype=torch.float32)
+    blocks = _Blocks(lambda: _centred_chunks(paths, layout, dim, buffer, chunk, centre=False),
+                     chunk)
+    return _span_rows(blocks, n, dim, torch.empty(n, dim, dtype=dtype))
 
 
 def random_basis(dim, n_components, seed, dtype=torch.float64):

@@ -7,7 +7,6 @@ import torch
 
 from .cli import UsageError
 from .files import Interrupted, WriteError, atomic_torch_save, safe_load
-from .progress import evaluate, log_test
 
 
 def rng_state():
@@ -24,10 +23,11 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint_state(epoch, model, stateful, train_loader, best_prec1, results):
+def checkpoint_state(epoch, model, stateful, train_loader, best_prec1, results, identity):
     """Everything an exact resume needs after ``epoch``; ``stateful`` maps names to objects with
-    ``state_dict()`` (optimizer, scheduler, scaler, P-BFGS)."""
-    state = {"epoch": epoch, "model": model.state_dict(),
+    ``state_dict()`` (optimizer, scheduler, scaler, P-BFGS); ``identity``: what defines the run
+    (``check_same_run``)."""
+    state = {"epoch": epoch, "run": identity, "model": model.state_dict(),
              "loader_rng": train_loader.generator.get_state(), "rng": rng_state(),
              "loader_epoch": getattr(train_loader, "epoch", None),
              "best_prec1": best_prec1, "results": results.data["epochs"],
@@ -60,22 +60,24 @@ def checkpoint_weights(ckpt, path):
     return state
 
 
+def load_strictly(model, state, path):
+    """Every entry of ``model``'s state dict from ``state``, and nothing else: a UsageError
+    naming the file and the entries that are missing, unexpected or of another shape."""
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or extra or shaped:
+        said = [f"{what} {', '.join(repr(k) for k in keys[:3])}"
+                + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+                for what, keys in (("no", missing), ("unexpected", extra),
+                                   ("another shape for", shaped)) if keys]
+        raise UsageError(f"{path}: does not fit --arch ({'; '.join(said)})")
+    model.load_state_dict(state)
+
+
 def load_weights(path, model):
     """``-e --resume PATH``: the weights of any checkpoint or state dict into ``model``."""
-    try:
-        model.load_state_dict(checkpoint_weights(safe_load(path), path))
-    except RuntimeError as e:
-        raise UsageError(f"{path}: does not fit --arch ({str(e).splitlines()[0][:200]})")
-
-
-def evaluate_only(resume, save_dir, checkpoint_name, model, eval_model, test_loader, amp,
-                  print_freq):
-    """``-e``: the authors' evaluation (their Test and `` * Prec@1`` lines) of the ``--resume``
-    checkpoint's weights, or of ``model`` as built when there is no ``--resume``."""
-    if resume:
-        load_weights(find_resume_checkpoint(resume, save_dir, checkpoint_name), model)
-    loss, prec = evaluate(eval_model, test_loader, amp, print_freq)
-    log_test(prec, loss)
+    load_strictly(model, checkpoint_weights(safe_load(path), path), path)
 
 
 def fast_forward(scheduler, epochs):
@@ -87,23 +89,62 @@ def fast_forward(scheduler, epochs):
             scheduler.step()
 
 
-def resume_run(path, model, stateful, train_loader, results):
-    """Restore what ``checkpoint_state`` saved; returns (epochs done, best Prec@1).
+# How a difference in a run's identity is named: its flag (a dest's own spelling otherwise)
+_FLAGS = {"batch_size": "--batch-size", "weight_decay": "--weight-decay", "adam_lr": "--adam-lr",
+          "train_start": "--train-start", "method": "the script"}
+
+
+def check_same_run(path, ckpt, identity, epochs=None):
+    """--resume continues the run that wrote ``ckpt`` or refuses: every entry of ``identity``
+    (what defines the run: data, samples and their fingerprint, basis, start, the method's
+    settings) must equal the checkpoint's record, and --epochs must reach its epoch. A
+    checkpoint of the authors' scripts records nothing to compare; one of an older version of
+    these scripts is noted."""
+    if not (isinstance(ckpt, dict) and "model" in ckpt):
+        return
+    recorded = ckpt.get("run")
+    if recorded is None:
+        print(f"=> note: {path} predates run records, so it cannot be checked to be this run's; "
+              "resuming it as it is", flush=True)
+    else:
+        differ = [key for key in sorted(set(recorded) | set(identity))
+                  if recorded.get(key) != identity.get(key)]
+        if differ:
+            said = ["the samples changed since it was written" if key == "samples" else
+                    f"{_FLAGS.get(key, '--' + key)} {identity.get(key)} here, "
+                    f"{recorded.get(key)} there" for key in differ]
+            raise UsageError(f"--resume: {path} holds another run ({'; '.join(said)}); resume "
+                             "with the settings it was started with, or start a new run without "
+                             "--resume (another --save-dir or --output-tag)")
+    done = int(ckpt.get("epoch", 0))
+    if epochs is not None and epochs < done:
+        raise UsageError(f"--epochs {epochs}: {path} already holds {done} epochs; use --epochs "
+                         f">= {done} to continue it")
+
+
+def load_resume(resume, save_dir, name):
+    """--resume: (path, the checkpoint read from it) of the checkpoint to continue."""
+    path = find_resume_checkpoint(resume, save_dir, name)
+    return path, safe_load(path)
+
+
+def resume_run(path, ckpt, model, stateful, train_loader, results):
+    """Restore what ``checkpoint_state`` saved in ``ckpt`` (read from ``path``); returns (epochs
+    done, best Prec@1).
 
     A checkpoint of the authors' scripts (checkpoint_refine_E.th) holds the weights, the epoch and
     the best Prec@1 only: those are restored and the schedule stepped to the epoch; the optimizer,
     the data order and the random generators start afresh, as in the authors' --resume.
     """
-    ckpt = safe_load(path)
     if not (isinstance(ckpt, dict) and "model" in ckpt):
-        model.load_state_dict(checkpoint_weights(ckpt, path))
+        load_strictly(model, checkpoint_weights(ckpt, path), path)
         epoch = int(ckpt.get("epoch", 0)) if isinstance(ckpt, dict) else 0
         if "scheduler" in stateful:
             fast_forward(stateful["scheduler"], epoch)
         print(f"=> resumed from {path} after epoch {epoch}: a checkpoint without optimizer, data "
               "order or random state (the authors' format), which start afresh", flush=True)
         return epoch, float(ckpt.get("best_prec1", 0.0)) if isinstance(ckpt, dict) else 0.0
-    model.load_state_dict(ckpt["model"])
+    load_strictly(model, ckpt["model"], path)
     for name, obj in stateful.items():
         try:
             obj.load_state_dict(ckpt[name])

@@ -5,6 +5,7 @@ import fcntl
 import json
 import os
 import pickle
+import pickletools
 import signal
 import tempfile
 import warnings
@@ -133,10 +134,29 @@ def atomic_write_json(path, obj):
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
 
 
+def _is_torch_file(path):
+    """Whether the file starts as torch.save's zip archive does, or with a whole, well-formed
+    pickle (as the legacy torch format and bare pickles do); random bytes do not."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            if head == b"PK\x03\x04":  # a zip archive, maybe truncated
+                return True
+            if head[:1] != b"\x80":  # PROTO: every pickle of protocol 2 or later begins so
+                return False
+            f.seek(0)
+            for _ in pickletools.genops(f):
+                pass
+        return True
+    except Exception:
+        return False
+
+
 def safe_load(path, mmap=False):
     """torch.load with weights_only=True; any failure is a UsageError naming the file.
 
-    A file that holds more than tensors (a crafted pickle) is refused without running anything.
+    A file that holds more than tensors (a crafted pickle) is refused without running anything;
+    a file that is not a torch file (neither a zip archive nor a pickle) is said to be one.
     mmap=True maps the file instead of reading it: tensors read from it page by page on access.
     """
     try:
@@ -145,14 +165,14 @@ def safe_load(path, mmap=False):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file")
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
+    except Exception as e:
+        if not _is_torch_file(path):
+            raise UsageError(f"{path}: not a torch file (neither the zip archive of torch.save "
+                             "nor a pickle); samples and checkpoints are written by torch.save")
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
             raise UsageError(f"{path}: refused: it holds more than tensors (objects or code that "
                              "loading would have to run), so it was not loaded and nothing in it "
                              "was executed; samples and checkpoints hold tensors only")
-        raise UsageError(f"{path}: not a loadable sample or checkpoint (truncated or foreign: "
-                         f"{_first_line(e)})")
-    except Exception as e:
         raise UsageError(f"{path}: not a loadable sample or checkpoint (truncated or foreign: "
                          f"{_first_line(e)})")
 
@@ -246,10 +266,21 @@ def release_locks():
 
 
 def check_writable_dir(folder, flag="--save-dir"):
-    """Create ``folder`` if needed; a UsageError naming ``flag`` when that fails or it is read-only."""
+    """``folder`` is a writable folder, or can be made one (its nearest existing parent is a
+    writable folder): a UsageError naming ``flag`` otherwise. Creates nothing."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise UsageError(f"{flag} {folder}: cannot create it ({path} is not a folder)")
+    if not os.access(path, os.W_OK | os.X_OK):
+        what = "not writable" if path == os.path.abspath(folder) else f"{path} is not writable"
+        raise UsageError(f"{flag} {folder}: {what}; choose another folder")
+
+
+def make_dir(folder):
+    """Create ``folder`` (and its parents) when a run starts writing; a WriteError if that fails."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"{flag} {folder}: cannot create it ({e.strerror})")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"{flag} {folder}: not writable; choose another folder")
+        raise WriteError(f"{folder}: cannot create it ({e.strerror})") from None

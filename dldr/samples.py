@@ -55,8 +55,15 @@ def load_state(path, mmap=False):
     return state
 
 
+def _named(names):
+    names = sorted(names)
+    return ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more"
+                                                    if len(names) > 3 else "")
+
+
 def check_state_matches(state, model, path, arch):
-    """Samples of another architecture are an error naming the file and the first mismatch."""
+    """A state dict of another architecture, or one that lacks or adds entries (a sample saved
+    without its BatchNorm statistics), is an error naming the file and what differs."""
     own = model.state_dict()
     for name, p in model.named_parameters():
         if name not in state:
@@ -69,12 +76,22 @@ def check_state_matches(state, model, path, arch):
     if extra:
         raise UsageError(f"{path}: unexpected entries such as {sorted(extra)[0]!r}; the samples "
                          f"are not of --arch {arch}")
+    missing = set(own) - set(state)
+    if missing:
+        raise UsageError(f"{path}: no {_named(missing)} (buffers such as BatchNorm statistics); "
+                         f"a sample holds the whole state dict of --arch {arch}, as "
+                         "model.state_dict() gives it")
+    for name, value in own.items():
+        if state[name].shape != value.shape:
+            raise UsageError(f"{path}: buffer {name!r} has shape {tuple(state[name].shape)}, "
+                             f"--arch {arch} expects {tuple(value.shape)}")
 
 
 def load_sample_into(model, path, arch):
+    """The whole state dict of sample ``path`` (parameters and buffers) into ``model``."""
     state = load_state(path)
     check_state_matches(state, model, path, arch)
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state)
     return model
 
 

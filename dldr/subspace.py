@@ -1,114 +1,34 @@
-"""What the two subspace scripts share: which samples, the checks before anything is loaded, the
-samples and their basis, and the names of a run's output files."""
+"""The run of a subspace script (P-BFGS, P-SGD), once for both: the checks before anything is
+loaded or written, the data and model, the trajectory's basis, the restart from a sample, and
+the life cycle of ``run.Run`` with the subspace's own start evaluation, coordinates and lines."""
+import contextlib
 import os
 
-import numpy as np
-import torch
-
-from .basis import streaming_subspace_basis, subspace_basis
-from .checkpoints import find_resume_checkpoint
+from .batches import bn_loader, make_loader, test_batch_size
+from .checkpoints import fast_forward, find_resume_checkpoint, load_weights
 from .cli import UsageError
-from .data import check_dataset_name
-from .networks import check_arch_name
-from .optim import trainable_parameters
-from .records import NOISE_RECORD, check_provenance
-from .progress import log
-from .samples import check_sample_range, load_sample_matrix, sample_path
-
-STREAMING_BASIS_BYTES = 2 << 30  # float32 sample matrices above this use the streaming basis
-
-
-def sample_epochs(params_start, params_end, params_step=1):
-    """The samples that build the basis: params_start, params_start+params_step, ... < params_end."""
-    return list(range(params_start, params_end, params_step))
+from .data import check_dataset_name, load_data
+from .distributed import init_distributed, sync_batchnorm
+from .evaluation import Evaluator
+from .networks import build_model, check_arch_name
+from .optim import FlatParameters
+from .progress import log, log_subspace_lists
+from .records import NOISE_RECORD, Results, check_noise_record, check_provenance
+from .run import Outputs, Run
+from .samples import load_sample_into, sample_path
+from .training import amp_mode, compile_model, resolve_device, seed_everything
+from .trajectory import Trajectory, build_basis
 
 
-def describe_sample_epochs(epochs, params_step=1):
-    """'0..80', or '0..80 step 2' when --params_step skips samples."""
-    text = f"{epochs[0]}..{epochs[-1]}"
-    return text if params_step == 1 else f"{text} step {params_step}"
-
-
-def output_names(method, basis="dldr", tag=None):
-    """(results file, final model file, checkpoint file, lock name) of a subspace run in the save
-    dir: all of them carry the method, the basis and the tag, so runs differing in any share it."""
-    model = method.upper() + ("" if basis == "dldr" else "_random")
-    stem = method + ("" if basis == "dldr" else "_random") + (f"_{tag}" if tag else "")
+def output_names(method, basis="dldr", tag=None, default_basis="dldr"):
+    """The Outputs of a subspace run in the save dir: every file carries the method, the basis
+    (unless it is the method's ``default_basis``) and the tag, so runs differing in any share
+    the folder."""
+    kind = "" if basis == default_basis else f"_{basis}"
     suffix = f"_{tag}" if tag else ""
-    return f"results_{stem}.json", f"{model}{suffix}.pt", f"checkpoint_{stem}.pt", stem
-
-
-def check_subspace_run(save_dir, *, arch, datasets, data_root, corrupt, smalldatasets, randomseed,
-                       params_start, params_end, params_step, n_components, basis, resume,
-                       checkpoint_name):
-    """Every check of a subspace run that needs no heavy work, before anything is loaded or written."""
-    check_arch_name(arch, datasets)
-    check_dataset_name(datasets, data_root)
-    if params_start >= params_end:
-        raise UsageError(f"--params_start {params_start} must be smaller than "
-                         f"--params_end {params_end}")
-    epochs = sample_epochs(params_start, params_end, params_step)
-    check_sample_range(save_dir, epochs, params_end)
-    if basis == "dldr" and n_components >= len(epochs):
-        n = len(epochs)
-        raise UsageError(f"--n_components {n_components}: {n} samples "
-                         f"({describe_sample_epochs(epochs, params_step)}) span at most {n - 1} "
-                         f"directions; use --n_components <= {n - 1} or a wider sample range"
-                         + (" or a smaller --params_step" if params_step > 1 else ""))
-    if resume:
-        find_resume_checkpoint(resume, save_dir, checkpoint_name)
-    check_provenance(save_dir, arch=arch, datasets=datasets, corrupt=corrupt,
-                     smalldatasets=smalldatasets, randomseed=randomseed)
-    if not os.access(save_dir, os.W_OK):
-        raise UsageError(f"--save-dir {save_dir}: not writable; choose another folder")
-
-
-class SampleFiles:
-    """Sample files too large to hold together in memory: the streaming basis reads them in blocks."""
-
-    def __init__(self, paths, model, arch):
-        self.paths, self.model, self.arch = paths, model, arch
-
-    def __len__(self):
-        return len(self.paths)
-
-
-def load_samples(save_dir, epochs, model, arch, streaming=False):
-    """The trajectory's samples ``epochs`` of ``model``'s parameters: an (n, D) float32 matrix, or,
-    when that would exceed STREAMING_BASIS_BYTES (or with ``streaming``), SampleFiles read block
-    by block by ``trajectory_basis``, so host memory holds the basis plus ~1 GiB."""
-    dim = sum(p.numel() for p in trainable_parameters(model))
-    if streaming or len(epochs) * dim * 4 > STREAMING_BASIS_BYTES:
-        return SampleFiles([sample_path(save_dir, e) for e in epochs], model, arch)
-    return load_sample_matrix(save_dir, model, epochs, arch)
-
-
-def trajectory_basis(samples, n_components, device):
-    """The DLDR basis (k, D) of ``load_samples``' result, built on ``device`` for a matrix, on the
-    host for SampleFiles; returns (basis, explained variance ratios as a list)."""
-    if isinstance(samples, SampleFiles):
-        # float32 unless the parameters are float64 (--dtype float64): the training's dtype
-        wide = trainable_parameters(samples.model)[0].dtype == torch.float64
-        basis, ratios = streaming_subspace_basis(samples.paths, samples.model, n_components,
-                                                 arch=samples.arch,
-                                                 dtype=torch.float64 if wide else torch.float32)
-    else:
-        basis, ratios = subspace_basis(samples.to(device), n_components)
-    return basis, ratios.tolist()
-
-
-def log_basis(basis_shape, ratios, epochs, params_start, params_end, params_step, seconds,
-              streamed):
-    """The authors' lines about the basis (``params:``, ``W:``, ``ratio:``, ``P:``, formatted as
-    their print of numpy values), then this project's summary line."""
-    k, dim = basis_shape
-    log(f"params: from {params_start} to {params_end}")
-    log(f"W: {(len(epochs), dim)}")
-    log(f"ratio: {np.asarray(ratios)}")
-    log(f"P: {(k, dim)}")
-    log(f"=> DLDR basis{' (streaming)' if streamed else ''}: {k} directions from {len(epochs)} "
-        f"samples {describe_sample_epochs(epochs, params_step)} in {seconds:.2f} s; explained "
-        f"variance {sum(ratios):.4f} (top 5: {', '.join(f'{r:.4f}' for r in ratios[:5])})")
+    stem = f"{method}{kind}{suffix}"
+    return Outputs(f"results_{stem}.json", f"{method.upper()}{kind}{suffix}.pt",
+                   f"checkpoint_{stem}.pt", stem)
 
 
 def note_unchecked_noise(save_dir, corrupt):
@@ -119,3 +39,180 @@ def note_unchecked_noise(save_dir, corrupt):
             "scripts?), so these noisy labels cannot be checked against the trajectory's; they are "
             f"drawn from --randomseed: round({corrupt} N) positions chosen at random, new labels "
             "uniform over all classes")
+
+
+def check_samples_run(o):
+    """The checks of every run on the trajectory of ``o.save_dir`` (cli.SubspaceOptions): known
+    names, the samples present, the samples' provenance, a writable folder. Returns the
+    Trajectory of samples o.params_start, +o.params_step, ... < o.params_end."""
+    check_arch_name(o.arch, o.datasets)
+    check_dataset_name(o.datasets, o.data_root)
+    trajectory = Trajectory(o.save_dir, o.params_start, o.params_end, o.params_step, o.arch)
+    trajectory.check_present()
+    check_provenance(o.save_dir, arch=o.arch, datasets=o.datasets, corrupt=o.corrupt,
+                     smalldatasets=o.smalldatasets, randomseed=o.randomseed)
+    if not os.access(o.save_dir, os.W_OK):
+        raise UsageError(f"--save-dir {o.save_dir}: not writable; choose another folder")
+    return trajectory
+
+
+def load_data_and_model(o, device):
+    """(train set, test set, model) of a run on the samples of ``o.save_dir``: the data with the
+    trajectory's label noise, and a model of the samples' architecture."""
+    note_unchecked_noise(o.save_dir, o.corrupt)
+    seed_everything(o.randomseed)
+    train_set, test_set = load_data(o.datasets, o.data_root, o.smalldatasets, o.corrupt,
+                                    o.randomseed)
+    check_noise_record(o.save_dir, train_set.noise)
+    return train_set, test_set, build_model(o.arch, o.datasets, train_set.num_classes, device,
+                                            o.dtype)
+
+
+def make_evaluator(o, model, eval_model, train_set, test_set, device, amp):
+    """The Evaluator of a run: the test loader and the training images for BatchNorm."""
+    test_loader = make_loader(test_set, test_batch_size(o.datasets, o.batch_size), device,
+                              shuffle=False, kind=o.loader, workers=o.workers)
+    return Evaluator(model, eval_model, test_loader,
+                     bn_loader(train_set, o.batch_size, device, o.loader, o.workers), amp,
+                     o.print_freq)
+
+
+class SubspaceRun(Run):
+    """A P-BFGS, P-SGD or TWA run (``method``, its ``title`` in the log) with ``options``
+    (cli.SubspaceOptions) and the method's own ``settings`` (part of what defines the run). In
+    the order ``main`` calls them: construction (every check that needs no heavy work; nothing
+    loaded or written), ``prepare`` (data and model), ``build_basis``, ``restart``, then
+    ``training`` (a context), ``epochs``, ``end_epoch`` and ``finish``."""
+
+    def __init__(self, method, title, options, settings, epoch_times=False, default_basis="dldr"):
+        o = self.options = options
+        self.method, self.title, self.epoch_times = method, title, epoch_times
+        outputs = output_names(method, o.basis, o.output_tag, default_basis)
+        self.trajectory = check_samples_run(o)
+        self.start = o.params_start if o.train_start is None else o.train_start
+        if self.start != "mean" and not os.path.isfile(sample_path(o.save_dir, self.start)):
+            raise UsageError(f"--train-start {self.start}: no sample {self.start}.pt in "
+                             f"{o.save_dir}; use a sample present there, or mean")
+        if settings.get("weight_decay") and self.start not in ("mean", *self.trajectory.epochs):
+            raise UsageError(f"--train-start {self.start}: weight decay would take the weights out "
+                             f"of the span of samples {self.trajectory.describe()}, which does "
+                             "not hold this start; start from one of them or the mean, or use "
+                             "--weight-decay 0")
+        if o.basis == "dldr" and o.n_components >= len(self.trajectory):
+            n = len(self.trajectory)
+            raise UsageError(f"--n_components {o.n_components}: {n} samples "
+                             f"({self.trajectory.describe()}) span at most {n - 1} directions; "
+                             f"use --n_components <= {n - 1} or a wider sample range"
+                             + (" or a smaller --params_step" if o.params_step > 1 else ""))
+        if o.start_epoch >= o.epochs and not (o.evaluate or o.resume):
+            raise UsageError(f"--start-epoch {o.start_epoch}: the run would train nothing with "
+                             f"--epochs {o.epochs}; use --epochs > {o.start_epoch} (or -e to "
+                             "evaluate the restart)")
+        if o.resume:
+            find_resume_checkpoint(o.resume, o.save_dir, outputs.checkpoint)
+        # What defines the run: a checkpoint records it, and --resume must match it
+        self.n_components = len(self.trajectory) if o.basis == "span" else o.n_components
+        samples = self.trajectory.fingerprint()
+        if self.start not in ("mean", *self.trajectory.epochs):  # the restart's file, too
+            samples = Trajectory(o.save_dir, self.start, self.start + 1).fingerprint() + samples
+        identity = dict(method=method, arch=o.arch, datasets=o.datasets, corrupt=o.corrupt,
+                        smalldatasets=o.smalldatasets, randomseed=o.randomseed,
+                        params_start=o.params_start, params_end=o.params_end,
+                        params_step=o.params_step, basis=o.basis, n_components=self.n_components,
+                        train_start=self.start, batch_size=o.batch_size, dtype=o.dtype,
+                        amp=amp_mode(o.amp, o.half, o.dtype), loader=o.loader, samples=samples,
+                        **settings)
+        super().__init__(o.save_dir, outputs, identity, resume=o.resume, epochs=o.epochs,
+                         evaluating=o.evaluate)
+        device = resolve_device(o.device)
+        self.amp = amp_mode(o.amp, o.half, o.dtype)
+        self.device = init_distributed(device)  # from here on only rank 0 prints
+
+    def prepare(self):
+        """The data (with the trajectory's label noise) and a model of the samples' architecture."""
+        self.train_set, self.test_set, self.model = load_data_and_model(self.options, self.device)
+        return self.model
+
+    def build_basis(self):
+        """The basis of the run (trajectory.build_basis), logged as the authors' scripts did."""
+        o = self.options
+        self.basis = build_basis(o.basis, self.trajectory, self.n_components, self.model,
+                                 self.device, seed=o.randomseed, streaming=o.streaming_basis,
+                                 basis_file=o.basis_file)
+        self.basis.log()
+        return self.basis
+
+    def restart(self):
+        """The model at the start (sample --train-start, by default params_start, or the
+        samples' mean), its trainable parameters as one flat vector (returned), the basis on its
+        device and dtype (``self.basis_matrix``), the compiled forward (``self.step_model``), the
+        loaders, the evaluations and the results file."""
+        o = self.options
+        if self.start == "mean":
+            self.trajectory.load_mean_into(self.model)
+        else:
+            load_sample_into(self.model, sample_path(o.save_dir, self.start), o.arch)
+        model = self.model = sync_batchnorm(self.model, self.device)  # under torchrun: global BN
+        self.flat = FlatParameters(model)  # before compiling: the compiled graph sees these views
+        self.basis_matrix = self.basis.matrix.to(device=self.device,
+                                                 dtype=self.flat.data.dtype).contiguous()
+        self.step_model = compile_model(model, self.device, o.compile, o.compile_mode,
+                                        o.compile_backend)
+        self.train_loader = make_loader(self.train_set, o.batch_size, self.device, shuffle=True,
+                                        kind=o.loader, workers=o.workers, seed=o.randomseed)
+        self.evaluator = make_evaluator(o, model, self.step_model, self.train_set, self.test_set,
+                                        self.device, self.amp)
+        self.results = Results(os.path.join(o.save_dir, self.outputs.results), self.method,
+                               o.arguments, {**self.basis.record(), "train_start": self.start})
+        self.w_start = self.flat.data.clone()  # the restart: coordinates are taken from here
+        return self.flat
+
+    def evaluate_only(self):
+        """-e: the authors' evaluation of the --resume checkpoint's weights, or of the restart."""
+        o = self.options
+        if o.resume:
+            load_weights(find_resume_checkpoint(o.resume, o.save_dir, self.outputs.checkpoint),
+                         self.model)
+        self.evaluator.test()
+        return self.model
+
+    @contextlib.contextmanager
+    def training(self, stateful, scheduler=None):
+        """The part of the run that writes (``Run.writing``): resumed, or started with the
+        restart's evaluation, its checkpoint and results. ``scheduler`` (P-SGD's) is stepped to
+        --start-epoch on a fresh start, as the authors' ``last_epoch=start_epoch - 1``."""
+        o = self.options
+        with self.writing(model=self.model, stateful=stateful,
+                          train_loader=self.train_loader, results=self.results,
+                          evaluator=self.evaluator, start_epoch=o.start_epoch):
+            if not self.resumed:
+                if scheduler is not None:
+                    fast_forward(scheduler, o.start_epoch)
+                # From the mean, training keeps the re-estimated statistics (TWA's BatchNorm update)
+                mean = self.start == "mean"
+                start = self.results.data["start"] = self.evaluator.twice(
+                    f"the mean of samples {self.trajectory.describe()}, the start" if mean
+                    else f"sample {self.start}, the restart", keep=mean)
+                self.save_start(test_loss=start["test_loss"], test_acc=start["test_acc"],
+                                time=0.0, coords=[0.0] * len(self.basis_matrix))
+            yield self
+
+    def epochs(self):
+        log(f"Train: {(self.epoch, self.options.epochs)}")
+        return super().epochs(self.options.epochs)
+
+    def progress(self, epoch):
+        return super().progress(epoch, self.options.epochs, self.options.print_freq)
+
+    def end_epoch(self, progress, before=None, **after):
+        """Run.end_epoch with the weights' coordinates in the basis (from the restart)."""
+        coords = (self.basis_matrix @ (self.flat.data - self.w_start)).tolist()
+        super().end_epoch(progress, self.options.bn_reestimate, before=before, **after,
+                          coords=coords)
+
+    def finish(self):
+        """The final evaluations, model and the authors' end-of-run lists."""
+        total = super().finish(keep_bn=self.options.bn_reestimate)
+        log_subspace_lists(self.results.data["epochs"], total, self.best_prec1,
+                           epoch_times=self.epoch_times)
+        self.done(self.title, f"model in {os.path.join(self.save_dir, self.outputs.model)}")

@@ -2,7 +2,7 @@
 # The paper's claims tested on scikit-learn's DIGITS (offline, CPU), in the paper's proportions;
 # experiments/report.py writes REPRODUCTION.md and its figure from the measured runs.
 #
-#   experiments/digits.sh                all runs (about 90 minutes on 2 cores), then the report
+#   experiments/digits.sh                all runs (about 100 minutes on 2 cores), then the report
 #   REPORT_ONLY=1 experiments/digits.sh  rebuild the report from the runs already in RUNS_DIR
 #
 # Proportions (the paper: 150 SGD epochs, first LR drop at 100, basis from samples 0..80 with 40
@@ -11,7 +11,10 @@
 # directions as samples; P-BFGS and P-SGD budgets of 20/150 and 40/150 of SGD's. For every noise
 # level and seed: SGD sampling, then P-BFGS and P-SGD for every size, and the fifth claim: P-SGD
 # and P-BFGS restarted from the first sample after the LR drop, in the subspace of the samples
-# after the drop; at noise 0 also the random-basis control for every size.
+# after the drop; at noise 0 also the random-basis control for every size. Beside them, on the
+# same samples: TWA (train_twa.py with its recipe: the span, from the mean, 10/200 of SGD's
+# epochs as in its CIFAR setting) and SWA (swa.py), from the samples before the drop and from the
+# late ones.
 # A run whose results file is complete is not run again, so an interrupted script picks up where
 # it stopped; FRESH=1 deletes RUNS_DIR first. Every run is seeded and single-threaded (THREADS=1).
 # Settings (environment variables, defaults in brackets):
@@ -37,7 +40,7 @@ export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 export DROP=$(( SGD_EPOCHS * 2 / 3 ))
 export PARAMS_END=$(( (SGD_EPOCHS * 81 + 75) / 150 ))
 export PBFGS_EPOCHS=$(( (SGD_EPOCHS * 20 + 75) / 150 )) PSGD_EPOCHS=$(( (SGD_EPOCHS * 40 + 75) / 150 ))
-export PSGD_DROP=$(( PSGD_EPOCHS * 3 / 4 ))
+export PSGD_DROP=$(( PSGD_EPOCHS * 3 / 4 )) TWA_EPOCHS=$(( (SGD_EPOCHS * 10 + 100) / 200 ))
 export LATE_START=$(( DROP + 1 )) LATE_END=$(( SGD_EPOCHS + 1 ))
 export LATE_K=$(( (LATE_END - LATE_START) / 2 ))
 if (( PARAMS_END > DROP || PBFGS_EPOCHS < 1 || PSGD_DROP < 1 || LATE_K < 1 )); then
@@ -47,9 +50,9 @@ fi
 [[ -n "${FRESH:-}" ]] && rm -rf "$RUNS_DIR"
 mkdir -p "$RUNS_DIR"
 
-complete() {  # complete RESULTS_FILE EPOCHS: finished (the final evaluation), with these epochs
+complete() {  # complete RESULTS_FILE [EPOCHS]: finished (the final evaluation), with these epochs
     [[ -f "$1" ]] && "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1]))
-sys.exit(0 if "final" in r and r["args"]["epochs"] == int(sys.argv[2]) else 1)' "$1" "$2"
+sys.exit(0 if "final" in r and sys.argv[2] in ("", str(r["args"].get("epochs"))) else 1)' "$1" "${2:-}"
 }
 
 job() {  # job METHOD NOISE SEED [K]
@@ -64,6 +67,9 @@ job() {  # job METHOD NOISE SEED [K]
     local pbfgs=(train_pbfgs.py "${common[@]}" --epochs "$PBFGS_EPOCHS" --batch-size 128)
     local psgd=(train_psgd.py "${common[@]}" --epochs "$PSGD_EPOCHS" --lr 1 --batch-size 64
                 --milestones "$PSGD_DROP")
+    local twa=(train_twa.py "${common[@]}" --epochs "$TWA_EPOCHS" --batch-size 64)
+    local head=(--params_start 0 --params_end "$PARAMS_END")
+    local tail=(--params_start "$LATE_START" --params_end "$LATE_END" --output-tag late)
     local results cmd epochs=$PBFGS_EPOCHS
     case $method in
         sgd)        results="$dir/results_sgd.json" epochs=$SGD_EPOCHS
@@ -75,13 +81,21 @@ job() {  # job METHOD NOISE SEED [K]
                     cmd=("${psgd[@]}" "${early[@]}" --basis random) ;;
         pbfgs_late) results="$dir/results_pbfgs_late.json" cmd=("${pbfgs[@]}" "${late[@]}") ;;
         psgd_late)  results="$dir/results_psgd_late.json" cmd=("${psgd[@]}" "${late[@]}") ;;
+        twa)        results="$dir/results_twa.json" cmd=("${twa[@]}" "${head[@]}") ;;
+        twa_late)   results="$dir/results_twa_late.json" cmd=("${twa[@]}" "${tail[@]}") ;;
+        swa)        results="$dir/results_swa.json" cmd=(swa.py "${common[@]}" --batch-size 64
+                                                         "${head[@]}") ;;
+        swa_late)   results="$dir/results_swa_late.json" cmd=(swa.py "${common[@]}" --batch-size 64
+                                                              "${tail[@]}") ;;
     esac
     [[ $method == psgd* || $method == random ]] && epochs=$PSGD_EPOCHS
+    [[ $method == twa* ]] && epochs=$TWA_EPOCHS
+    [[ $method == swa* ]] && epochs=""
     local name="$method${k:+ k=$k} noise=$noise seed=$seed"
     if complete "$results" "$epochs"; then echo "done already: $name"; return 0; fi
     # An interrupted run continues from its checkpoint; SGD with other settings starts afresh.
     local ckpt="$dir/$(basename "$results" .json | sed 's/^results_/checkpoint_/; s/^checkpoint_sgd$/checkpoint/').pt"
-    if [[ -f "$ckpt" ]] && { [[ $method != sgd ]] || [[ -f "$results" ]]; }; then
+    if [[ $method != swa* && -f "$ckpt" ]] && { [[ $method != sgd ]] || [[ -f "$results" ]]; }; then
         cmd+=(--resume)
     elif [[ $method == sgd ]]; then
         cmd+=(--overwrite)
@@ -108,6 +122,7 @@ if [[ -z "${REPORT_ONLY:-}" ]]; then
         done; done; done
         for noise in $NOISES; do for seed in $SEEDS; do
             echo "pbfgs_late $noise $seed"; echo "psgd_late $noise $seed"
+            for m in twa swa twa_late swa_late; do echo "$m $noise $seed"; done
         done; done
     } | xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
     echo "all runs finished in $(( SECONDS - start )) s"

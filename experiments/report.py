@@ -69,7 +69,7 @@ def run_names(noise, noises, sizes):
     """The results each (noise, seed) folder holds: the random control at the first noise level
     only."""
     names = ["sgd"] + [f"{m}_k{k}" for k in sizes for m in ("psgd", "pbfgs")]
-    names += ["psgd_late", "pbfgs_late"]
+    names += ["psgd_late", "pbfgs_late", "twa", "swa", "twa_late", "swa_late"]
     if noise == noises[0]:
         names += [f"psgd_random_k{k}" for k in sizes]
     return names
@@ -152,7 +152,40 @@ def sizes_figure(table, noise, seeds, sizes, path):
     plt.close(fig)
 
 
-def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png", figure_dir="."):
+def methods_figure(table, noises, seeds, main_k, path):
+    """The methods side by side: final test accuracy at every noise level, both evaluations
+    (solid: as the authors evaluate; hatched: BatchNorm re-estimated), mean and standard
+    deviation over the seeds, on the samples before SGD's learning-rate drop."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    methods = [("sgd", "SGD, all parameters", "k"), (f"psgd_k{main_k}", f"P-SGD, {main_k} DLDR", "tab:blue"),
+               (f"pbfgs_k{main_k}", f"P-BFGS, {main_k} DLDR", "tab:red"),
+               ("twa", "TWA, span from the mean", "tab:green"), ("swa", "SWA, the mean", "tab:purple"),
+               (f"psgd_random_k{main_k}", f"P-SGD, {main_k} random", "tab:gray")]
+    fig, ax = plt.subplots(figsize=(10.5, 4.2))
+    width = 0.8 / (2 * len(methods))
+    for m, (name, label, color) in enumerate(methods):
+        for e, (key, how) in enumerate(EVALUATIONS):
+            got = [(i, values(table, n, seeds, name, final(key))) for i, n in enumerate(noises)]
+            got = [(i, v) for i, v in got if v]  # the random control: noise 0 only
+            ax.bar([i + (2 * m + e - len(methods)) * width + width / 2 for i, _ in got],
+                   [mean(v) for _, v in got], width, color=color, alpha=0.85,
+                   hatch="//" if e else None, edgecolor="white" if e else color,
+                   yerr=[statistics.stdev(v) if len(v) > 1 else 0 for _, v in got], capsize=2,
+                   label=label if e == 0 else None)
+    ax.set_xticks(range(len(noises)), [f"label noise {n}" for n in noises])
+    ax.set(ylabel="final test accuracy (%)", ylim=(0, 105),
+           title="DIGITS: the methods on the same trajectories (hatched: BatchNorm re-estimated)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    utils.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png", figure_dir=".",
+           methods_name="reproduction_methods.png"):
     table, missing = collect(runs_dir, seeds, noises, sizes)
     if missing:
         raise SystemExit(f"error: {len(missing)} results files missing or unfinished, first "
@@ -162,6 +195,7 @@ def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png",
     sgd_args = first["sgd"]["args"]
     sub = {m: first[f"{m}_k{sizes[0]}"]["args"] for m in ("psgd", "pbfgs", "psgd_random")}
     late = first["pbfgs_late"]["args"]
+    twa = first["twa"]["args"]
     main_k = min(sizes, key=lambda k: abs(k - (sub["psgd"]["params_end"] - sub["psgd"]["params_start"]) / 2))
     chance = 100.0 / first["sgd"]["num_classes"]
     drop = sgd_args["milestones"][0]
@@ -212,6 +246,16 @@ def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png",
       f"samples {late['params_start']}..{late['params_end'] - 1} (all after the drop), "
       f"{late['n_components']} directions, restart from sample {late['params_start']}, every noise "
       f"level |")
+    w(f"| TWA (the authors' next paper, ICLR 2023) | CIFAR: the span of the samples of the first "
+      f"100 of 200 SGD epochs (before the drop), from their mean, 10 epochs (10/200 of SGD's), "
+      f"lr 2, weight decay 1e-5, drops at 50% and 75%, batch 128 | the span of samples "
+      f"{twa['params_start']}..{twa['params_end'] - 1}, from their mean, {twa['epochs']} epochs "
+      f"({twa['epochs'] / e:.3f} of SGD's), lr {twa['lr']:g}, weight decay {twa['weight_decay']:g}, "
+      f"drops at 50% and 75%, batch {twa['batch_size']}; and from the late samples "
+      f"{late['params_start']}..{late['params_end'] - 1} |")
+    w("| SWA | the mean of the samples (at the tail of training in its own setting), BatchNorm "
+      "re-estimated | the same samples as TWA: their mean (TWA's start), and the late samples' "
+      "mean |")
     w("")
 
     w("## Test accuracy (%)\n")
@@ -223,6 +267,11 @@ def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png",
         rows += [(f"P-SGD, {k} DLDR directions", f"psgd_k{k}"),
                  (f"P-BFGS, {k} DLDR directions", f"pbfgs_k{k}")]
     rows += [(f"P-SGD, {k} random directions", f"psgd_random_k{k}") for k in sizes]
+    head = f"{twa['params_start']}..{twa['params_end'] - 1}"
+    rows += [(f"TWA, span of samples {head}, from their mean", "twa"),
+             (f"SWA, mean of samples {head}", "swa"),
+             (f"TWA, span of samples {late['params_start']}..{late['params_end'] - 1}", "twa_late"),
+             (f"SWA, mean of samples {late['params_start']}..{late['params_end'] - 1}", "swa_late")]
     for label, name in rows:
         cells = [fmt(values(table, n, seeds, name, final(key))) for n in noises
                  for key, _ in EVALUATIONS]
@@ -238,6 +287,8 @@ def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png",
     figure = os.path.join(figure_dir, figure_name)
     sizes_figure(table, clean, seeds, sizes, figure)
     w(f"![test accuracy against subspace size]({figure_name})\n")
+    methods_figure(table, noises, seeds, main_k, os.path.join(figure_dir, methods_name))
+    w(f"![the methods side by side]({methods_name})\n")
 
     w("## Explained variance of the trajectory\n")
     kmax = max(sizes)
@@ -349,6 +400,34 @@ def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png",
               f"{pair(runs['psgd_late'], 'final')} | {pair(runs['pbfgs_late'], 'final')} | "
               f"{pair(runs['sgd'], 'final')} |")
     w("")
+
+    def claim6(key):
+        parts, good = [], []
+        for what, (t, sw) in (("head", ("twa", "swa")), ("late", ("twa_late", "swa_late"))):
+            for n in noises:
+                a, b = (mean(values(table, n, seeds, name, final(key))) for name in (t, sw))
+                parts.append(f"{what} noise {n}: TWA {a:.1f}%, SWA {b:.1f}%")
+                good.append(a > b)
+        return "; ".join(parts) + ".", verdict(all(good), any(good))
+    w("6. " + judged_twice(
+        "TWA improves on SWA (the TWA paper).",
+        f"on the same samples ({head}, and {late['params_start']}..{late['params_end'] - 1}), "
+        "TWA's mean final accuracy is above SWA's at every noise level; partly when at some.",
+        claim6))
+
+    def claim7(key):
+        ref = mean(values(table, clean, seeds, "sgd", final(key)))
+        acc = mean(values(table, clean, seeds, "twa", final(key)))
+        return (f"SGD {ref:.1f}% after {e} epochs; TWA {acc:.1f}% after {twa['params_end']} + "
+                f"{twa['epochs']} epochs.", verdict(ref - acc <= 2.0))
+    budget = (twa["params_end"] - 1 + twa["epochs"]) / e
+    w("7. " + judged_twice(
+        "TWA after the head of training trains as well as the whole run, in fewer epochs (the TWA "
+        "paper).",
+        f"at noise {clean}, TWA from the samples {head} (SGD's first {twa['params_end'] - 1} "
+        f"epochs) plus its {twa['epochs']} epochs, {100 * budget:.0f}% of SGD's budget, ends "
+        "within 2 points of SGD's final accuracy read the same way.", claim7))
+    w("")
     swings = [(n, s, k) for n in noises for s in seeds for k in sizes
               if best(table[n, s][f"pbfgs_k{k}"]) - table[n, s][f"pbfgs_k{k}"]["final"]["test_acc"] > 10]
     gaps = [table[n, s][f"pbfgs_k{k}"]["final"]["test_acc_bn"]
@@ -380,8 +459,9 @@ def main(argv=None):
     p.add_argument("--sizes", nargs="+", type=int, default=[4, 8, 12])
     args = p.parse_args(argv)
     folder = os.path.dirname(os.path.abspath(args.output))
-    name = os.path.splitext(os.path.basename(args.output))[0].lower() + "_sizes.png"
-    text = report(args.runs_dir, args.seeds, args.noises, args.sizes, name, folder)
+    stem = os.path.splitext(os.path.basename(args.output))[0].lower()
+    text = report(args.runs_dir, args.seeds, args.noises, args.sizes, f"{stem}_sizes.png", folder,
+                  f"{stem}_methods.png")
     utils.atomic_write(args.output, lambda f: f.write(text.encode()))
 
 

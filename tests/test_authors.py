@@ -222,8 +222,8 @@ def test_every_flag_of_the_authors_is_accepted_with_their_default(script):
             assert got == (float(expected) if dest in ("smalldatasets", "corrupt") else expected), flag
 
 
-def test_readme_flag_table_lists_every_authors_flag():
-    text = open(os.path.join(ROOT, "README.md")).read()
+def test_documented_flag_table_lists_every_authors_flag():
+    text = open(os.path.join(ROOT, "docs", "flags.md")).read()
     table = text.split("<!-- flags:start -->")[1].split("<!-- flags:end -->")[0]
     for flags in SCRIPT_FLAGS.values():
         for spellings, _, _ in flags:

@@ -172,19 +172,15 @@ def test_params_step_uses_every_sth_sample(walk_samples, tmp_path):
     argv = ["--datasets", "DIGITS", "--device", "cpu", "--save-dir", str(tmp_path),
             "--params_end", "7", "--params-step", "2"]
 
-    def check(args):
-        utils.check_subspace_run(
-            args.save_dir, arch=args.arch, datasets=args.datasets, data_root=args.data_root,
-            corrupt=args.corrupt, smalldatasets=args.smalldatasets, randomseed=args.randomseed,
-            params_start=args.params_start, params_end=args.params_end,
-            params_step=args.params_step, n_components=args.n_components, basis=args.basis,
-            resume=args.resume, checkpoint_name="checkpoint_psgd.pt")
+    def check(args):  # every check of a subspace run before anything is loaded
+        utils.SubspaceRun("psgd", "P-SGD", utils.SubspaceOptions.from_args(args), {})
 
     args = train_psgd.build_parser().parse_args(argv + ["--n_components", "3"])
     check(args)
-    epochs = utils.sample_epochs(args.params_start, args.params_end, args.params_step)
-    assert epochs == [0, 2, 4, 6]
-    assert utils.describe_sample_epochs(epochs, 2) == "0..6 step 2"
+    trajectory = utils.Trajectory(args.save_dir, args.params_start, args.params_end,
+                                  args.params_step)
+    assert trajectory.epochs == [0, 2, 4, 6]
+    assert trajectory.describe() == utils.describe_sample_epochs(trajectory.epochs, 2) == "0..6 step 2"
     too_many = train_psgd.build_parser().parse_args(argv + ["--n_components", "4"])
     with pytest.raises(utils.UsageError, match=r"--n_components 4: 4 samples \(0..6 step 2\) span "
                                                r"at most 3 directions.*smaller --params_step"):
@@ -200,18 +196,20 @@ def test_params_step_uses_every_sth_sample(walk_samples, tmp_path):
 
 
 def test_large_or_flagged_sample_sets_stream(tmp_path, monkeypatch):
-    import dldr.subspace
+    import dldr.trajectory
     model = utils.build_model("resnet20", "DIGITS", 10, torch.device("cpu"))
     _write_walk(model, tmp_path, 7)
-    epochs = utils.sample_epochs(0, 7, 3)
-    samples = utils.load_samples(str(tmp_path), epochs, model, "resnet20")
-    assert torch.is_tensor(samples) and samples.shape[0] == 3
-    in_memory, ratios = utils.trajectory_basis(samples, 2, torch.device("cpu"))
-    flagged = utils.load_samples(str(tmp_path), epochs, model, "resnet20", streaming=True)
-    monkeypatch.setattr(dldr.subspace, "STREAMING_BASIS_BYTES", 0)  # as if the samples were > 2 GiB
-    large = utils.load_samples(str(tmp_path), epochs, model, "resnet20")
-    for files in (flagged, large):
-        assert not torch.is_tensor(files) and len(files) == 3
-        streamed, streamed_ratios = utils.trajectory_basis(files, 2, torch.device("cpu"))
-        assert streamed.dtype == torch.float32 and (streamed.double() - in_memory).abs().max() < 1e-6
-        assert streamed_ratios == pytest.approx(ratios, rel=1e-9)
+    trajectory = utils.Trajectory(str(tmp_path), 0, 7, 3, "resnet20")
+    assert len(trajectory) == 3 and not trajectory.streams(model)
+    cpu = torch.device("cpu")
+    in_memory = utils.build_basis("dldr", trajectory, 2, model, cpu)
+    assert not in_memory.streamed and in_memory.matrix.dtype == torch.float64
+    flagged = utils.build_basis("dldr", trajectory, 2, model, cpu, streaming=True)
+    monkeypatch.setattr(dldr.trajectory, "STREAMING_BASIS_BYTES", 0)  # as if the samples were > 2 GiB
+    assert trajectory.streams(model)
+    large = utils.build_basis("dldr", trajectory, 2, model, cpu)
+    for streamed in (flagged, large):
+        assert streamed.streamed and streamed.matrix.shape == in_memory.matrix.shape
+        assert streamed.matrix.dtype == torch.float32
+        assert (streamed.matrix.double() - in_memory.matrix).abs().max() < 1e-6
+        assert streamed.ratios == pytest.approx(in_memory.ratios, rel=1e-9)

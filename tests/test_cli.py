@@ -1,5 +1,6 @@
 """Bad input through the real command line: exit status 2, one line naming the flag or file,
-nothing written. The cases are the rows of the table in README.md, so the two cannot drift apart."""
+nothing written. The cases are the rows of the table in docs/bad-input.md, so the two cannot drift
+apart."""
 import json
 import os
 import re
@@ -13,8 +14,8 @@ import utils
 from conftest import ROOT, run_here
 
 
-def _readme_cases():
-    text = open(os.path.join(ROOT, "README.md")).read()
+def _documented_cases():
+    text = open(os.path.join(ROOT, "docs", "bad-input.md")).read()
     block = text.split("<!-- bad-input:start -->")[1].split("<!-- bad-input:end -->")[0]
     rows = re.findall(r"^\| `(\w+\.py) (.*?)` \| (.*?) \| `(.*?)` \|$", block, re.M)
     assert len(rows) >= 15
@@ -48,6 +49,12 @@ def folders(tmp_path_factory):
     (f["truncated"] / "2.pt").write_bytes(data[: len(data) // 2])
     f["foreign"] = _samples(base / "foreign", record=False)
     torch.save({"weights": [1, 2, 3]}, f["foreign"] / "3.pt")
+    f["randombytes"] = _samples(base / "randombytes", record=False)
+    (f["randombytes"] / "2.pt").write_bytes(bytes([0x80]) + os.urandom(4095))  # a pickle's start
+    f["nobuffers"] = _samples(base / "nobuffers", record=False)
+    state = torch.load(f["nobuffers"] / "0.pt", weights_only=True)
+    params = {name for name, _ in models.build("resnet20", 10).named_parameters()}
+    torch.save({k: v for k, v in state.items() if k in params}, f["nobuffers"] / "0.pt")
     (base / "a_file").write_text("not a folder")
     f["notdir"] = base / "a_file" / "run"
     return f
@@ -58,7 +65,7 @@ def snapshot(root):
                   for p in (os.path.join(d, n) for d, _, names in os.walk(root) for n in names))
 
 
-CASES = _readme_cases()
+CASES = _documented_cases()
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{r[0]}:{r[1]}" for r in CASES])

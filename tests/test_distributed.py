@@ -1,4 +1,4 @@
-"""The three scripts under torchrun: 2 processes, Gloo, on a small MNIST archive, in one launch.
+"""The scripts under torchrun: 2 processes, Gloo, on a small MNIST archive, in one launch.
 
 The launch goes through tests/torchrun_audit.py, which runs SGD, then P-BFGS, then P-SGD in the
 same two workers, records the files every rank touches and saves every rank's final parameters.
@@ -28,7 +28,9 @@ def runs(data_args):
     data = [*data_args, "--smalldatasets", "0.5", "--print-freq", "1"]
     return ([*data, "--epochs", 2, "--lr", 0.05, "--batch-size", 32],
             [*data, *SUB, "--epochs", 1, "--batch-size", 64, "--dtype", "float64"],
-            [*data, *SUB, "--epochs", 1, "--batch-size", 32, "--lr", 0.3])
+            [*data, *SUB, "--epochs", 1, "--batch-size", 32, "--lr", 0.3],
+            [*data, "--params_end", "3", "--epochs", 1, "--batch-size", 32, "--lr", 0.1,
+             "--dtype", "float64"])
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +39,11 @@ def launch(tmp_path_factory, runs):
     tmp = tmp_path_factory.mktemp("ddp")
     save, audit = tmp / "save", tmp / "audit"
     audit.mkdir()
-    sgd, pbfgs, psgd = runs
+    sgd, pbfgs, psgd, twa = runs
     scripts = [["train_sgd.py", *sgd, "--save-dir", save],
                ["train_pbfgs.py", *pbfgs, "--save-dir", save, "--output-tag", "two"],
-               ["train_psgd.py", *psgd, "--save-dir", save]]
+               ["train_psgd.py", *psgd, "--save-dir", save],
+               ["train_twa.py", *twa, "--save-dir", save, "--output-tag", "two"]]
     argv = [str(a) for run in scripts for a in [*run, ":::"]][:-1]
     env = dict(os.environ, DLDR_AUDIT_DIR=str(audit), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -72,7 +75,7 @@ def test_only_rank_0_writes_and_prints(launch):
                if line.startswith("replace")}
     assert {"0.pt", "1.pt", "2.pt", "run.json", "results_sgd.json", "checkpoint.pt",
             "results_pbfgs_two.json", "PBFGS_two.pt", "results_psgd.json", "PSGD.pt"} <= written
-    for done in ("=> SGD done", "=> P-BFGS done", "=> P-SGD done"):
+    for done in ("=> SGD done", "=> P-BFGS done", "=> P-SGD done", "=> TWA done"):
         assert stdout.count(done) == 1, stdout[-2000:]
 
 
@@ -122,3 +125,20 @@ def test_psgd_under_torchrun(launch):
     final_params(audit, 2)
     results = json.loads((save / "results_psgd.json").read_text())
     assert all(torch.isfinite(torch.tensor(e["test_loss"])) for e in results["epochs"])
+
+
+def test_twa_from_the_mean_two_processes_match_one(launch, runs):
+    """The span basis, the start from the mean with BatchNorm statistics re-estimated over the
+    global batches, weight decay: 2 processes compute what one does (float64)."""
+    import train_twa
+    save, _, audit = launch
+    params2 = final_params(audit, 3)
+    model = utils.run_main(train_twa.main, [*map(str, runs[3]), "--save-dir", str(save),
+                                            "--output-tag", "one"])
+    params1 = torch.cat([p.detach().reshape(-1) for p in utils.trainable_parameters(model)])
+    one, two = (json.loads((save / f"results_twa_{t}.json").read_text()) for t in ("one", "two"))
+    assert two["train_start"] == "mean" and two["basis"] == "span"
+    for what in ("start", "final"):
+        assert two[what]["test_loss_bn"] == pytest.approx(one[what]["test_loss_bn"], rel=1e-9)
+        assert two[what]["test_acc_bn"] == one[what]["test_acc_bn"]
+    assert torch.allclose(params2, params1, rtol=1e-9, atol=1e-12)

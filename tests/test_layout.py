@@ -1,13 +1,13 @@
-"""The codebase's shape: the README's P-BFGS loop runs as written, files stay small, every --arch
-is defined under its own name."""
+"""The codebase's shape: the README's P-BFGS loop runs as written, the README stays short and every
+relative link of it and of docs/ leads to a file, files stay small, every --arch is defined under
+its own name."""
+import json
 import os
 import re
 import subprocess
-
-import torch
+import sys
 
 import models
-import utils
 from conftest import ROOT
 
 
@@ -17,29 +17,74 @@ def readme_block(name):
     return block.split("```python\n")[1].split("```")[0]
 
 
-def test_readme_pbfgs_loop_runs_and_stays_in_the_subspace(tmp_path, monkeypatch, capsys):
-    folder = tmp_path / "demo_runs" / "digits_resnet20_seed1"
-    folder.mkdir(parents=True)
-    torch.manual_seed(0)
-    model = models.build("resnet20", 10)
-    drift = [torch.randn_like(p) for p in model.parameters()]
-    with torch.no_grad():  # samples 0..10 along a noisy line, as a trajectory
-        for e in range(11):
-            utils.save_sample(model, str(folder), e)
-            for p, d in zip(model.parameters(), drift):
-                p.add_(0.01 * d + 0.002 * torch.randn_like(p))
-    monkeypatch.chdir(tmp_path)
-    digits = utils.load_digits(True)
-    monkeypatch.setattr(utils, "load_digits", lambda train: digits.subset(256))  # 2 batches
-    scope = {}
-    exec(compile(readme_block("pbfgs-loop"), "README.md", "exec"), scope)
-    assert capsys.readouterr().out.count("line-search shrinks") == 2
-    opt, trained = scope["opt"], scope["model"]
-    assert len(opt.search_steps) == 4  # 2 epochs x 2 batches
-    start = utils.load_sample_matrix(str(folder), trained, [0], "resnet20")[0].double()
-    delta = torch.nn.utils.parameters_to_vector(trained.parameters()).double() - start
-    basis = scope["basis"]
-    assert delta.norm() > 0 and (delta - basis.T @ (basis @ delta)).norm() < 1e-4 * delta.norm()
+CHECK_AFTER_THE_README = """
+import json, sys
+start = dldr.load_sample_matrix(folder, model, [0], "resnet8")[0].double()
+delta = torch.nn.utils.parameters_to_vector(model.parameters()).double() - start
+outside = (delta - basis.T @ (basis @ delta)).norm() / delta.norm()
+print(json.dumps({"dldr": dldr.__file__, "models": models.__file__, "steps": len(opt.search_steps),
+                  "moved": delta.norm().item(), "outside": outside.item(), "path": sys.path}))
+"""
+
+
+def test_readme_loop_runs_from_another_folder_with_the_installed_package(tmp_path):
+    """The README's own-loop section, as a user runs it: in a folder outside the repository, with
+    no PYTHONPATH, so ``import dldr`` and ``import models`` come from the installed package."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", readme_block("pbfgs-loop") + CHECK_AFTER_THE_README],
+                         cwd=tmp_path, env=dict(env, OMP_NUM_THREADS="2"), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert sum(line.startswith("P-BFGS epoch ") for line in lines) == 2
+    got = json.loads(lines[-1])
+    assert ROOT not in got["path"] and str(tmp_path) not in os.path.dirname(got["dldr"])
+    assert got["dldr"] == os.path.join(ROOT, "dldr", "__init__.py")  # the editable install
+    assert got["models"] == os.path.join(ROOT, "models", "__init__.py")
+    assert got["steps"] == 2 * 12  # 2 epochs of 12 batches of 128 DIGITS images
+    assert got["moved"] > 0 and got["outside"] < 1e-4  # it trained, in sample 0 + span(P)
+    assert sorted(os.listdir(tmp_path / "my_samples")) == [f"{e}.pt" for e in range(5)]
+
+
+def test_readme_is_short_and_starts_with_the_newcomers_commands():
+    path = os.path.join(ROOT, "README.md")
+    assert os.path.getsize(path) <= 12_500, os.path.getsize(path)
+    first = open(path).read().split("```")[1]
+    assert "pip install -r requirements.txt" in first and "./run.sh demo" in first
+
+
+def _prose(path):
+    """A Markdown file's text without its fenced code blocks, where `](` and `#` are code."""
+    return re.sub(r"^```.*?^```", "", open(path).read(), flags=re.S | re.M)
+
+
+def _broken_links(page):
+    """The relative links ``](path)`` / ``](path#anchor)`` of ``page`` whose file is missing, or
+    whose anchor names no heading of that file (GitHub's ids); http: and other schemes are skipped."""
+    broken, links = [], re.findall(r"\]\(([^)\s]+)\)", _prose(page))
+    for target in links:
+        if re.match(r"[a-z][a-z0-9+.-]*:", target, re.I):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+        if not os.path.exists(resolved):
+            broken.append(target)
+        elif anchor and resolved.endswith(".md"):
+            headings = re.findall(r"^#+ (.*)$", _prose(resolved), re.M)
+            ids = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+            if anchor not in ids:
+                broken.append(target)
+    return broken, len(links)
+
+
+def test_every_relative_link_of_the_readme_and_docs_leads_to_a_file():
+    docs = os.path.join(ROOT, "docs")
+    pages = [os.path.join(ROOT, "README.md")] + sorted(
+        os.path.join(docs, f) for f in os.listdir(docs) if f.endswith(".md"))
+    assert len(pages) > 1
+    found = {os.path.relpath(page, ROOT): _broken_links(page) for page in pages}
+    assert sum(n for _, n in found.values()) > 10
+    assert not {page: broken for page, (broken, _) in found.items() if broken}
 
 
 def test_no_source_file_outside_tests_is_over_600_lines():
@@ -57,3 +102,30 @@ def test_every_arch_is_defined_under_its_own_name():
                       for f in os.listdir(os.path.join(ROOT, "models")) if f.endswith(".py"))
     for name in models.names():
         assert re.search(rf"^@register\ndef {name}\(", sources, re.M), name
+
+
+def test_no_import_cycle_inside_dldr():
+    """Every relative import of dldr/, at the top of a module or inside a function: a graph
+    without cycles."""
+    import ast
+    graph = {}
+    folder = os.path.join(ROOT, "dldr")
+    for name in os.listdir(folder):
+        if name.endswith(".py") and name != "__init__.py":
+            tree = ast.parse(open(os.path.join(folder, name)).read())
+            graph[name[:-3]] = {(n.module or "").split(".")[0] or a.name for n in ast.walk(tree)
+                                if isinstance(n, ast.ImportFrom) and n.level == 1
+                                for a in n.names}
+    assert graph and all(deps <= set(graph) for deps in graph.values()), graph
+    done, on_path = set(), []
+
+    def visit(module):
+        assert module not in on_path, " -> ".join(on_path[on_path.index(module):] + [module])
+        if module not in done:
+            on_path.append(module)
+            for dep in graph[module]:
+                visit(dep)
+            on_path.pop()
+            done.add(module)
+    for module in graph:
+        visit(module)

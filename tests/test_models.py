@@ -78,8 +78,8 @@ def test_stochastic_depth_is_reproducible(name):
     assert not torch.equal(outs[0], outs[2])  # the seed matters: blocks really are dropped
 
 
-def test_readme_table_matches_the_registry():
-    text = open(os.path.join(ROOT, "README.md")).read()
+def test_documented_table_matches_the_registry():
+    text = open(os.path.join(ROOT, "docs", "architectures.md")).read()
     block = text.split("<!-- models:start -->")[1].split("<!-- models:end -->")[0]
     rows = re.findall(r"^\| `(\w+)` \| (\w+) \| ([\d,]+) \| ([\d,]+) \|$", block, re.M)
     assert sorted(r[0] for r in rows) == models.names()

@@ -1,5 +1,6 @@
 """P-BFGS and the P-SGD projection against independent float64 implementations written here."""
 import copy
+import pickle
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 import dldr.distributed
 import train_pbfgs
 import utils
+from dldr.optim import NonFiniteError
 from utils import PBFGS, FlatParameters, project_gradients_
 
 vector = torch.nn.utils.parameters_to_vector
@@ -328,3 +330,272 @@ def test_bf16_autocast_pbfgs_lowers_the_loss():
         return loss
     losses = [opt.step(closure).item() for _ in range(12)]
     assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0]
+
+
+# torch.optim's contracts
+
+
+def _layout(model, basis, layout, **kw):
+    """P-BFGS on the model's own parameters ("plain") or on FlatParameters views ("flat")."""
+    params = FlatParameters(model).params if layout == "flat" else model.parameters()
+    return PBFGS(params, basis, buffers=model.buffers(), **kw)
+
+
+def _same_state(a, b):
+    """Optimizer state dicts equal bit for bit (tensors with torch.equal)."""
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return (isinstance(b, dict) and a.keys() == b.keys()
+                and all(_same_state(a[k], b[k]) for k in a))
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same_state, a, b))
+    return a == b
+
+
+def _pickle_copy(obj):
+    return pickle.loads(pickle.dumps(obj))
+
+
+@pytest.mark.parametrize("layout", ["plain", "flat"])
+@pytest.mark.parametrize("copier", [copy.deepcopy, _pickle_copy], ids=["deepcopy", "pickle"])
+def test_copied_optimizer_continues_bit_for_bit(copier, layout):
+    model, basis, batches = make_problem(seed=10, n_batches=6)
+    opt = _layout(model, basis, layout, alpha=0.05)
+    for x, y in batches[:3]:
+        pbfgs_step(opt, model, x, y)
+    c_model, c_opt = copier((model, opt))
+    assert all(a is b for a, b in zip(c_opt.param_groups[0]["params"], c_model.parameters()))
+    assert all(a is b for a, b in zip(c_opt._buffers, c_model.buffers()))
+    assert torch.equal(c_opt.basis, opt.basis)
+    for x, y in batches[3:]:
+        assert pbfgs_step(opt, model, x, y) == pbfgs_step(c_opt, c_model, x, y)
+    assert torch.equal(vector(model.parameters()), vector(c_model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(model.buffers(), c_model.buffers()))
+    assert torch.equal(opt.H, c_opt.H)
+    assert not torch.equal(opt.H, torch.eye(len(basis), dtype=opt.H.dtype))
+    assert opt.search_steps == c_opt.search_steps and len(opt.search_steps) == 6
+    assert _same_state(opt.state_dict(), c_opt.state_dict())
+
+
+@pytest.mark.parametrize("layout", ["plain", "flat"])
+def test_parameters_that_do_not_require_grad_never_change(layout):
+    model, basis, batches = make_problem(seed=11, n_batches=3)
+    opt = _layout(model, basis, layout, alpha=0.05)
+    frozen = model.conv.bias
+    frozen.requires_grad_(False)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    for x, y in batches:
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            if torch.is_grad_enabled():
+                loss.backward()
+                frozen.grad = torch.ones_like(frozen)  # a stale gradient: it counts as zero
+            return loss
+        opt.step(closure)
+    for name, p in model.named_parameters():
+        if p is frozen:
+            assert torch.equal(p, before[name])
+        else:
+            assert not torch.equal(p, before[name]), name
+
+
+def test_frozen_gradient_counts_as_zero_in_the_coordinates():
+    model, basis, batches = make_problem(seed=12, n_batches=1)
+    twin = copy.deepcopy(model)
+    opt = new_pbfgs(model, basis)
+    model.fc.bias.requires_grad_(False)
+    x, y = batches[0]
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        if torch.is_grad_enabled():
+            loss.backward()
+            model.fc.bias.grad = torch.full_like(model.fc.bias, 7.0)
+        return loss
+    opt.step(closure)
+    F.cross_entropy(twin(x), y).backward()
+    twin.fc.bias.grad.zero_()
+    g = torch.cat([p.grad.reshape(-1) for p in twin.parameters()])
+    assert torch.allclose(opt.state[next(model.parameters())]["g_last"], basis @ g,
+                          rtol=1e-12, atol=1e-15)
+
+
+def _tiny_params(n=3):
+    return [torch.zeros(n, dtype=torch.float64, requires_grad=True)]
+
+
+def _orthonormal(k, d, dtype=torch.float64):
+    return utils.random_basis(d, k, seed=0).to(dtype)
+
+
+def _with(basis, i, j, value):
+    basis = basis.clone()
+    basis[i, j] = value
+    return basis
+
+
+def _two_groups(model, basis):
+    params = list(model.parameters())
+    return [{"params": params[:2]}, {"params": params[2:]}], basis, {}
+
+
+INVALID = {
+    # name: (params, basis, kwargs) from (model, basis); the words the message must contain
+    "sigma 0": (lambda m, b: (m.parameters(), b, dict(sigma=0.0)), "sigma"),
+    "sigma 1": (lambda m, b: (m.parameters(), b, dict(sigma=1.0)), "sigma"),
+    "sigma nan": (lambda m, b: (m.parameters(), b, dict(sigma=float("nan"))), "sigma"),
+    "sigma str": (lambda m, b: (m.parameters(), b, dict(sigma="0.4")), "sigma"),
+    "shrink 0": (lambda m, b: (m.parameters(), b, dict(shrink=0.0)), "shrink"),
+    "shrink 1": (lambda m, b: (m.parameters(), b, dict(shrink=1.0)), "shrink"),
+    "max_search 0": (lambda m, b: (m.parameters(), b, dict(max_search=0)), "max_search"),
+    "max_search 2.5": (lambda m, b: (m.parameters(), b, dict(max_search=2.5)), "max_search"),
+    "max_search True": (lambda m, b: (m.parameters(), b, dict(max_search=True)), "max_search"),
+    "alpha < 0": (lambda m, b: (m.parameters(), b, dict(alpha=-0.1)), "alpha"),
+    "alpha inf": (lambda m, b: (m.parameters(), b, dict(alpha=float("inf"))), "alpha"),
+    "alpha nan": (lambda m, b: (m.parameters(), b, dict(alpha=float("nan"))), "alpha"),
+    "gamma 1": (lambda m, b: (m.parameters(), b, dict(gamma=1.0)), "gamma"),
+    "gamma < 0": (lambda m, b: (m.parameters(), b, dict(gamma=-0.1)), "gamma"),
+    "curvature_eps < 0": (lambda m, b: (m.parameters(), b, dict(curvature_eps=-1e-20)),
+                          "curvature_eps"),
+    "two param groups": (_two_groups, "one parameter group"),
+    "basis not a tensor": (lambda m, b: (m.parameters(), b.numpy(), {}), "torch tensor"),
+    "basis 1-D": (lambda m, b: (m.parameters(), b[0], {}), "2-D"),
+    "basis 3-D": (lambda m, b: (m.parameters(), b[None], {}), "2-D"),
+    "basis integer": (lambda m, b: (m.parameters(), b.long(), {}), "floating point"),
+    "basis nan": (lambda m, b: (m.parameters(), _with(b, 0, 3, float("nan")), {}), "nan or inf"),
+    "basis inf": (lambda m, b: (m.parameters(), _with(b, 1, 0, float("inf")), {}), "nan or inf"),
+    "basis k > D": (lambda m, b: (_tiny_params(3), torch.eye(4, 3, dtype=torch.float64), {}),
+                    "k <= D"),
+    "basis k = 0": (lambda m, b: (m.parameters(), b[:0], {}), "k must be at least 1"),
+    "basis columns": (lambda m, b: (m.parameters(), b[:, :-1], {}), "columns"),
+    "basis not orthonormal, float64": (lambda m, b: (m.parameters(), b * (1 + 1e-7), {}),
+                                       "not orthonormal"),
+    "basis not orthonormal, float32": (lambda m, b: (m.parameters(), b.float() * (1 + 1e-3), {}),
+                                       "not orthonormal"),
+    "basis rows not orthogonal": (lambda m, b: (m.parameters(), torch.cat([b[:1], b[:1]]), {}),
+                                  "not orthonormal"),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID))
+def test_invalid_settings_raise_value_error_naming_them(case):
+    make, words = INVALID[case]
+    model, basis, _ = make_problem(seed=13)
+    params, basis, kwargs = make(model, basis)
+    with pytest.raises(ValueError, match=words):
+        PBFGS(params, basis, buffers=model.buffers(), **kwargs)
+
+
+def test_bases_within_the_stated_tolerance_are_accepted():
+    model, basis, batches = make_problem(seed=13, n_batches=1)
+    PBFGS(model.parameters(), basis * (1 + 1e-10))  # max |P P^T - I| ~ 2e-10 <= 1e-8 (float64)
+    PBFGS(model.parameters(), basis.float() * (1 + 1e-5))  # ~ 2e-5 <= 1e-4 (float32)
+    PBFGS(model.parameters(), basis, alpha=0, curvature_eps=0, gamma=0, max_search=np.int64(1))
+
+
+def test_loading_the_state_of_another_k_names_both_sizes():
+    model, basis, batches = make_problem(seed=14, k=5, n_batches=1)
+    a = new_pbfgs(model, basis)
+    pbfgs_step(a, model, *batches[0])
+    b = new_pbfgs(copy.deepcopy(model), basis[:3])
+    with pytest.raises(ValueError) as e:
+        b.load_state_dict(a.state_dict())
+    assert "(5, 5)" in str(e.value) and "(3, 3)" in str(e.value)
+    assert not b.state  # nothing was loaded
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_non_finite_loss_or_gradient_raises_and_changes_nothing(where, value):
+    assert issubclass(NonFiniteError, FloatingPointError)
+    model, basis, batches = make_problem(seed=15, n_batches=4)
+    opt = new_pbfgs(model, basis, alpha=0.05)
+    for x, y in batches[:2]:
+        pbfgs_step(opt, model, x, y)
+    twin, twin_opt = copy.deepcopy((model, opt))
+    params = [p.detach().clone() for p in model.parameters()]
+    buffers = [b.clone() for b in model.buffers()]
+    state = copy.deepcopy(opt.state_dict())
+    x, y = batches[2]
+
+    def bad_closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)  # in train mode: moves the BatchNorm statistics
+        if where == "loss":
+            loss = loss * value
+        if torch.is_grad_enabled():
+            loss.backward()
+            if where == "gradient":
+                model.fc.weight.grad[1, 2] = value
+        return loss
+    what = {"loss": f"the loss is {value}", "gradient": f"the gradient has {value} entries"}[where]
+    with pytest.raises(NonFiniteError, match=what + "; the weights are left as they were"):
+        opt.step(bad_closure)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), params))
+    assert all(torch.equal(a, b) for a, b in zip(model.buffers(), buffers))
+    assert _same_state(opt.state_dict(), state)
+    # ... so that the run goes on as if the refused step had not been tried
+    for x, y in batches[2:]:
+        assert pbfgs_step(opt, model, x, y) == pbfgs_step(twin_opt, twin, x, y)
+    assert torch.equal(vector(model.parameters()), vector(twin.parameters()))
+    assert opt.search_steps == twin_opt.search_steps and len(opt.search_steps) == 4
+
+
+def test_a_refused_first_step_creates_no_state():
+    model, basis, batches = make_problem(seed=16, n_batches=1)
+    opt = new_pbfgs(model, basis)
+    with pytest.raises(NonFiniteError, match="the loss is nan"):
+        pbfgs_step(opt, model, *batches[0],
+                   criterion=lambda out, y: F.cross_entropy(out, y) * np.nan)
+    assert not opt.state
+
+
+INVALID_PROJECTION = {
+    "1-D": (lambda b: b[0], "2-D"),
+    "integer": (lambda b: b.long(), "floating point"),
+    "k > D": (lambda b: torch.eye(b.shape[1] + 1, b.shape[1], dtype=b.dtype), "k <= D"),
+    "columns": (lambda b: b[:, 1:], "columns"),
+    "nan": (lambda b: _with(b, 2, 5, float("nan")), "nan or inf"),
+    "not orthonormal, float64": (lambda b: b * (1 + 1e-7), "not orthonormal"),
+    "not orthonormal, float32": (lambda b: b.float() * (1 + 1e-3), "not orthonormal"),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID_PROJECTION))
+def test_project_gradients_checks_the_basis(case):
+    make, words = INVALID_PROJECTION[case]
+    params = [torch.zeros(7, dtype=torch.float64, requires_grad=True),
+              torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    basis = make(_orthonormal(4, 13))
+    with pytest.raises(ValueError, match=words):
+        project_gradients_(params, basis)
+
+
+def test_project_gradients_checks_each_basis_once(monkeypatch):
+    import dldr.optim
+    checked = []
+    check = dldr.optim._check_basis_values
+    monkeypatch.setattr(dldr.optim, "_check_basis_values",
+                        lambda basis, tol: (checked.append(basis.shape), check(basis, tol)))
+    p = torch.zeros(13, dtype=torch.float64, requires_grad=True)
+    basis = _orthonormal(4, 13)
+    for _ in range(5):
+        p.grad = torch.randn_like(p)
+        project_gradients_([p], basis)
+    assert len(checked) == 1
+    project_gradients_([p], basis[:])  # a view of the same numbers
+    assert len(checked) == 1
+    basis[0] *= 1.0  # an in-place write: checked again
+    project_gradients_([p], basis)
+    assert len(checked) == 2
+    basis[0] *= 2.0  # ... and refused
+    with pytest.raises(ValueError, match="not orthonormal"):
+        project_gradients_([p], basis)
+    with pytest.raises(ValueError, match="columns"):  # the shape: every call
+        project_gradients_([p, torch.zeros(1, requires_grad=True)], _orthonormal(4, 13))

@@ -42,7 +42,7 @@ def main():
     if not args.update:
         print(text)
         return
-    readme_block.replace("demo", text)
+    readme_block.replace("demo", text, path="README.md")
 
 if __name__ == "__main__":
     main()

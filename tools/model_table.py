@@ -1,7 +1,7 @@
-"""Write the README's table of architectures from the registry (names, families, parameter counts).
+"""Write docs/architectures.md's table of architectures from the registry (names, families, counts).
 
     python tools/model_table.py            # print the table
-    python tools/model_table.py --update   # replace the table between the markers in README.md
+    python tools/model_table.py --update   # rewrite it in docs/architectures.md
 """
 import argparse
 import os
@@ -33,13 +33,14 @@ def table():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--update", action="store_true", help="rewrite the table in README.md")
+    p.add_argument("--update", action="store_true",
+                   help="rewrite the table in docs/architectures.md")
     args = p.parse_args()
     text = table()
     if not args.update:
         print(text)
         return
-    readme_block.replace("models", text)
+    readme_block.replace("models", text, path="docs/architectures.md")
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,202 @@
+"""A run's life cycle, written once for the three scripts: resume or the start, the output lock,
+every epoch's checkpoint before its sample and results, the signal-safe stop, the final
+evaluations and the end-of-run lines; and ``run_main``, the scripts' entry point."""
+import contextlib
+import os
+import shlex
+import signal
+import sys
+import time
+from typing import NamedTuple
+
+from . import files
+from .checkpoints import RunState, check_same_run, checkpoint_state, load_resume, resume_run
+from .cli import UsageError
+from .distributed import is_main_process
+from .files import OutputLock, atomic_torch_save, make_dir
+from .progress import EpochProgress, NonFiniteLoss, format_eta, log
+from .samples import available_samples, save_model, save_sample
+
+
+class Outputs(NamedTuple):
+    """The files a run writes in its save dir (``model``: the final model, or None), the name of
+    its lock, and how the lock's refusal names them (``what``; by default the file names)."""
+    results: str
+    model: str
+    checkpoint: str
+    lock: str
+    what: str = None
+
+    def describe(self):
+        if self.what:
+            return self.what
+        names = [self.results] + ([self.model] if self.model else []) + [self.checkpoint]
+        return ", ".join(names[:-1]) + f" and {names[-1]}"
+
+
+SGD_OUTPUTS = Outputs("results_sgd.json", None, "checkpoint.pt", "sgd",
+                      "samples, checkpoint.pt and results_sgd.json")
+
+
+class Run:
+    """One run writing into ``save_dir``: its outputs, its resume, its epochs.
+
+    Constructing it writes nothing (it only asks whether another run holds the outputs' lock).
+    ``writing(...)`` is the part of the run that writes: it resumes from ``resume`` (a checkpoint
+    already loaded) or leaves the start to the caller (``save_start``), takes the lock, and turns
+    a signal, a failed write or a non-finite loss into one line that says what is saved.
+    ``epochs`` then yields the epochs to train and ``end_epoch`` evaluates each and writes its
+    checkpoint, then its sample (``sample_dir``: SGD's trajectory), then its results.
+    """
+
+    def __init__(self, save_dir, outputs, identity, *, resume=None, epochs=None, evaluating=False,
+                 sample_dir=None, keep_every=None):
+        self.save_dir, self.outputs, self.identity = save_dir, outputs, identity
+        self.sample_dir, self.keep_every = sample_dir, keep_every
+        self.lock = OutputLock(save_dir, outputs.lock, outputs.describe())
+        self.resume = None  # (path, checkpoint) to continue
+        if not evaluating:
+            self.lock.check()
+            if resume:
+                self.resume = load_resume(resume, save_dir, outputs.checkpoint)
+                check_same_run(*self.resume, identity, epochs)
+        self.state = RunState(os.path.join(save_dir, outputs.checkpoint))
+        self.epoch, self.best_prec1, self.resumed = 0, 0.0, False
+
+    def writing(self, *, model, stateful, train_loader, results, evaluator, start_epoch):
+        """The context of the part of the run that writes: it continues the checkpoint of
+        --resume (checked at construction to be this run's), or starts at ``start_epoch``;
+        ``stateful`` maps names to the objects whose state a checkpoint keeps."""
+        self.model, self.stateful, self.train_loader = model, stateful, train_loader
+        self.results, self.evaluator = results, evaluator
+        self.epoch = start_epoch
+        if self.resume is not None:
+            self.epoch, self.best_prec1 = resume_run(*self.resume, model, stateful, train_loader,
+                                                     results)
+            self.resume, self.resumed = None, True  # the checkpoint's memory is free again
+        self.first_epoch = self.epoch
+        return self._writing()
+
+    @contextlib.contextmanager
+    def _writing(self):
+        if is_main_process():
+            make_dir(self.save_dir)
+        self.lock.acquire()
+        try:
+            with self.state.guard():
+                if self.resumed:
+                    self.state.saved = self.epoch
+                    if self.sample_dir and self.epoch not in available_samples(self.sample_dir):
+                        save_sample(self.model, self.sample_dir, self.epoch)  # its write failed
+                    self.results.save()
+                yield self
+        except NonFiniteLoss as e:  # and P-BFGS's NonFiniteError
+            kept = (f"samples up to {self.state.epoch}.pt are kept in {self.save_dir}"
+                    if self.sample_dir else f"the last good state is in {self.outputs.checkpoint}")
+            raise SystemExit(f"error: {e}; {kept}")
+
+    def save_start(self, **row):
+        """The start's results row (epoch ``self.epoch``), after its checkpoint and sample."""
+        self._save(dict(epoch=self.epoch, **row))
+
+    def epochs(self, end):
+        """The epochs still to train, up to ``end``; the run is trained once they are done."""
+        self.run_start = time.time()
+        for epoch in range(self.epoch, end):
+            self.state.epoch = epoch
+            self.epoch_start = time.time()
+            yield epoch
+        self.state.trained = True
+
+    def progress(self, epoch, end, print_freq, print_last=True):
+        return EpochProgress(epoch, len(self.train_loader), print_freq, end - epoch - 1,
+                             print_last=print_last)
+
+    def end_epoch(self, progress, reestimate=False, *, before=None, **after):
+        """After an epoch's training: the authors' evaluation (and with ``reestimate`` the
+        BatchNorm re-estimated one), then its row of results (``before`` and ``after`` are the
+        script's own fields, around the times), its checkpoint, sample and results."""
+        train_time = time.time() - self.epoch_start
+        test_loss, prec1, bn_fields = self.evaluator.after_epoch(reestimate)
+        self.best_prec1 = max(self.best_prec1, prec1)
+        row = dict(epoch=self.state.epoch + 1, train_loss=progress.loss,
+                   train_acc=progress.accuracy, test_loss=test_loss, test_acc=prec1,
+                   **(before or {}), train_time=train_time, time=time.time() - self.epoch_start,
+                   images_per_s=progress.seen / max(train_time, 1e-9), **after, **bn_fields)
+        ckpt = self._save(row)
+        if self.keep_every and row["epoch"] % self.keep_every == 0:
+            atomic_torch_save(ckpt, os.path.join(self.save_dir, f"checkpoint_{row['epoch']}.pt"))
+
+    def _save(self, row):
+        self.epoch = row["epoch"]
+        self.results.add(save=False, **row)
+        ckpt = checkpoint_state(self.epoch, self.model, self.stateful, self.train_loader,
+                                self.best_prec1, self.results, self.identity)
+        self.state.save(ckpt)  # first: it holds the weights, so no failure loses the epoch
+        if self.sample_dir:
+            save_sample(self.model, self.sample_dir, self.epoch)
+        self.results.save()
+        return ckpt
+
+    def finish(self, keep_bn=False):
+        """The final weights judged twice (the authors' way, and with BatchNorm statistics
+        re-estimated, which the model keeps with ``keep_bn``), the results, the final model."""
+        self.results.data["final"] = self.evaluator.twice("final", keep=keep_bn)
+        self.results.save()
+        if self.outputs.model:
+            save_model(self.model, os.path.join(self.save_dir, self.outputs.model))
+        return time.time() - self.run_start
+
+    def done(self, method, where):
+        log(f"=> {method} done: best Prec@1 {self.best_prec1:.3f}, total time "
+            f"{format_eta(time.time() - self.run_start)}, {where}")
+
+
+def resume_command(argv):
+    """The command line that resumes a run started with ``argv``: from the save dir's checkpoint,
+    whatever --resume PATH or --overwrite it was started with."""
+    args, skip = [], False
+    for a in argv:
+        if skip and not a.startswith("-"):  # the path of a --resume PATH
+            skip = False
+            continue
+        skip = a == "--resume"
+        if not (skip or a.startswith("--resume=") or a == "--overwrite"):
+            args.append(a)
+    args.append("--resume")
+    script = os.path.relpath(sys.argv[0]) if sys.argv[0].endswith(".py") else "SCRIPT.py"
+    launcher = "torchrun ... " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "python "
+    return launcher + shlex.join([script, *args])
+
+
+def run_main(main, argv=None):
+    """Run a script's ``main(argv)`` as its command line does: bad input is one line on stderr and
+    exit status 2; a failed write one line and exit status 1; SIGINT and SIGTERM stop the run
+    (after an atomic write in progress) with one line that says where it stopped and how to resume
+    it, and exit status 130 or 143."""
+    import torch.distributed as dist
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    previous = files.install_signal_handlers()
+    try:
+        return main(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except files.WriteError as e:
+        again = (f"continue with: {resume_command(argv)}" if e.resumable
+                 else "run the same command again")
+        print(f"error: {e}{e.where}; fix the cause (space, permissions), then {again}",
+              file=sys.stderr)
+        sys.exit(1)
+    except files.Interrupted as e:
+        if is_main_process():
+            again = (f"resume with: {resume_command(argv)}" if e.resumable
+                     else "run the same command again")
+            print(f"stopped by {e}{e.where}; {again}", file=sys.stderr)
+        sys.exit(128 + e.signum)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        files.release_locks()
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
