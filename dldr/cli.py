@@ -227,9 +227,10 @@ def add_subspace_arguments(parser, *, n_components=40, params_end=51, basis="dld
                         f"has one direction per sample (default: {n_components})")
     p.add_argument("--streaming-basis", "--streaming_basis", dest="streaming_basis",
                    action="store_true",
-                   help="build the DLDR or span basis from the memory-mapped sample files in column blocks, "
-                        "so memory holds the basis plus ~1 GiB instead of all samples (automatic "
-                        "when the samples exceed 2 GiB as float32); slower, same basis")
+                   help="build the DLDR or span basis from the memory-mapped sample files in "
+                        "column blocks, so memory holds the basis plus ~1 GiB instead of all "
+                        "samples (automatic when the samples exceed 2 GiB as float32); slower, "
+                        "same basis")
     p.add_argument("--basis", default=basis, choices=("dldr", "span", "random"),
                    help="dldr: the trajectory's principal directions (centred samples, "
                         "--n_components of them); span: the span of the raw samples, one "

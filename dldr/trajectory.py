@@ -16,7 +16,8 @@ from .cli import UsageError
 from .files import atomic_torch_save, safe_load
 from .optim import trainable_parameters
 from .progress import log
-from .samples import check_sample_range, check_state_matches, load_sample_matrix, load_state, sample_path
+from .samples import (check_sample_range, check_state_matches, load_sample_matrix, load_state,
+                      sample_path)
 
 STREAMING_BASIS_BYTES = 2 << 30  # float32 sample matrices above this use the streaming basis
 
@@ -99,8 +100,9 @@ class Trajectory:
 
 @dataclass
 class Basis:
-    """A subspace basis: the (k, D) ``matrix`` with orthonormal rows, its ``kind`` (dldr or
-    random), the explained variance ratios (dldr), the samples it came from, and how it was built."""
+    """A subspace basis: the (k, D) ``matrix`` with orthonormal rows, its ``kind`` (dldr, span
+    or random), the explained variance ratios (dldr), the samples it came from, how it was
+    built."""
     matrix: torch.Tensor
     kind: str
     ratios: list

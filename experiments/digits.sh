@@ -2,7 +2,7 @@
 # The paper's claims tested on scikit-learn's DIGITS (offline, CPU), in the paper's proportions;
 # experiments/report.py writes REPRODUCTION.md and its figure from the measured runs.
 #
-#   experiments/digits.sh                all runs (about 100 minutes on 2 cores), then the report
+#   experiments/digits.sh                all runs (about an hour on 2 cores), then the report
 #   REPORT_ONLY=1 experiments/digits.sh  rebuild the report from the runs already in RUNS_DIR
 #
 # Proportions (the paper: 150 SGD epochs, first LR drop at 100, basis from samples 0..80 with 40

@@ -107,6 +107,10 @@ def provenance(table):
     return f"torch {', '.join(sorted(torches))}; code {', '.join(sorted(commits))}"
 
 
+def total_runs(noises, seeds, sizes):
+    return len(noises) * len(seeds) * len(sizes)
+
+
 def verdict(ok, some=False):
     return "Holds" if ok else ("Holds partly" if some else "Does not hold")
 
@@ -427,13 +431,34 @@ def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png",
         f"at noise {clean}, TWA from the samples {head} (SGD's first {twa['params_end'] - 1} "
         f"epochs) plus its {twa['epochs']} epochs, {100 * budget:.0f}% of SGD's budget, ends "
         "within 2 points of SGD's final accuracy read the same way.", claim7))
+    below = [(n, s) for n in noises for s in seeds
+             if table[n, s]["twa"]["final"]["test_acc_bn"] < table[n, s]["twa"]["start"]["test_acc_bn"]]
+    peak = lambda r: max(x["train_loss"] for x in r["epochs"][1:])  # noqa: E731
+    starts = [f"{mean(values(table, n, seeds, 'twa', start('test_acc_bn'))):.1f}% at noise {n}"
+              for n in noises]
+    peaks = [f"{mean(values(table, n, seeds, 'twa', peak)):.2f}" for n in noises]
+    w("   - TWA starts at SWA's point (the mean of the same samples, BatchNorm re-estimated: "
+      f"{', '.join(starts)}) and ends below it in {len(below)} of {len(noises) * len(seeds)} runs; "
+      f"its training loss peaks at {', '.join(peaks)} (means over the seeds), with the recipe's lr "
+      f"{twa['lr']:g} (set for CIFAR's 100 samples at batch 128; here "
+      f"{twa['params_end'] - twa['params_start']} samples at batch {twa['batch_size']}).")
     w("")
     swings = [(n, s, k) for n in noises for s in seeds for k in sizes
               if best(table[n, s][f"pbfgs_k{k}"]) - table[n, s][f"pbfgs_k{k}"]["final"]["test_acc"] > 10]
+    stuck = [(n, s, m, k) for n in noises for s in seeds for k in sizes for m in ("psgd", "pbfgs")
+             if max(table[n, s][f"{m}_k{k}"]["final"][key] for key, _ in EVALUATIONS) < 50]
+    if stuck:
+        w(f"DLDR runs that never train (below 50% on both readings): {len(stuck)} of "
+          f"{2 * total_runs(noises, seeds, sizes)}: " + ", ".join(
+              f"{'P-SGD' if m == 'psgd' else 'P-BFGS'} k={k} at noise {n} seed {s} (training loss "
+              f"{table[n, s][f'{m}_k{k}']['epochs'][-1]['train_loss']:.2f} at its last epoch)"
+              for n, s, m, k in stuck)
+          + "; from the random initialisation (sample 0) they stay near chance, a start that the "
+          "other seeds and sizes get past.\n")
     gaps = [table[n, s][f"pbfgs_k{k}"]["final"]["test_acc_bn"]
             - table[n, s][f"pbfgs_k{k}"]["final"]["test_acc"] for n in noises for s in seeds
             for k in sizes]
-    total = len(noises) * len(seeds) * len(sizes)
+    total = total_runs(noises, seeds, sizes)
     w(f"P-BFGS's last epoch, as the authors evaluate it, is more than 10 points below its best epoch "
       f"in {len(swings)} of {total} runs" + (" (" + ", ".join(
           f"noise {n} seed {s} k={k}" for n, s, k in swings) + ")" if swings else "")
@@ -441,7 +466,7 @@ def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png",
       "points over all runs.\n")
     w("What this data cannot show: DIGITS is small and easy, so the absolute accuracies say little "
       f"about CIFAR, and the budgets are the paper's proportions of a {e}-epoch run, not of 150 "
-      "epochs, to keep the whole report to about 90 minutes of a 2-core CPU.\n")
+      "epochs, to keep the whole report to about an hour of a 2-core CPU.\n")
     w("## The paper's setting, for users with a GPU\n")
     w(CIFAR_COMMANDS + "\n")
     w("## Regenerate\n")

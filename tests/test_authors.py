@@ -404,3 +404,21 @@ def test_the_authors_folder_runs_through_both_subspace_scripts_with_label_noise(
     utils.load_weights(str(folder / "checkpoint_refine_0.th"), resumed)  # their checkpoint format
     assert torch.equal(torch.nn.utils.parameters_to_vector(resumed.parameters()),
                        utils.load_sample_matrix(str(folder), resumed, [0], "resnet8")[0])
+
+
+def test_twa_and_swa_run_on_the_authors_folder(authors_folder):
+    """The mean of their DataParallel samples ('module.' keys), the span basis, TWA and SWA."""
+    folder, _, data = authors_folder
+    common = ["--datasets", "CIFAR10", "--data-root", data, "--arch", "resnet8", "--device", "cpu",
+              "--params_end", 4, "--batch-size", 50, "--save-dir", folder]
+    assert run_here("train_twa.py", *common, "--epochs", 1, "--lr", 0.1) == 0
+    assert run_here("swa.py", *common) == 0
+    swa = json.load(open(folder / "results_swa.json"))
+    twa = json.load(open(folder / "results_twa.json"))
+    assert twa["start"]["test_acc_bn"] == swa["final"]["test_acc_bn"]  # TWA starts at SWA
+    rows = utils.load_sample_matrix(str(folder), models.build("resnet8", 10), range(4), "resnet8")
+    mean = sum(row.double() for row in rows) / 4  # in float64, sample after sample
+    saved = torch.load(folder / "SWA.pt", weights_only=True)
+    weights = torch.cat([saved[n].reshape(-1).double() for n, _ in
+                         models.build("resnet8", 10).named_parameters()])
+    assert torch.equal(weights.float(), mean.float())

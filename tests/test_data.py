@@ -147,6 +147,31 @@ def test_cifar_through_torchvision_on_a_small_archive(tmp_path, monkeypatch, cif
     assert xb.shape == (50, 3, 32, 32) and xb.dtype == torch.float32
 
 
+# The authors' constants as their utils.py wrote them (CIFAR-10 takes ImageNet's, as theirs)
+AUTHORS_NORMALIZE = {"CIFAR100": ([0.5070751592371323, 0.48654887331495095, 0.4409178433670343],
+                                  [0.2673342858792401, 0.2564384629170883, 0.27615047132568404]),
+                     "CIFAR10": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])}
+
+
+@pytest.mark.parametrize("cifar100", [False, True])
+def test_cifar_inputs_equal_the_authors_totensor_normalize_bit_for_bit(tmp_path, monkeypatch,
+                                                                       cifar100):
+    import torchvision
+    import torchvision.transforms as T
+    write_cifar(tmp_path / "data", cifar100, monkeypatch)
+    name = "CIFAR100" if cifar100 else "CIFAR10"
+    mean, std = AUTHORS_NORMALIZE[name]
+    theirs = getattr(torchvision.datasets, name)(
+        root=str(tmp_path / "data"), train=False,
+        transform=T.Compose([T.ToTensor(), T.Normalize(mean=mean, std=std)]))
+    expected = torch.stack([theirs[i][0] for i in range(len(theirs))])
+    _, test = utils.load_data(name, str(tmp_path / "data"))
+    for kind in ("memory", "dataloader"):
+        ours = torch.cat([x for x, _ in utils.make_loader(test, 128, torch.device("cpu"), False,
+                                                          kind=kind, workers=0)])
+        assert torch.equal(ours, expected), kind
+
+
 def test_cifar_without_archive_or_network_is_one_clear_error(tmp_path):
     with pytest.raises(utils.UsageError, match="--data-root"):
         utils.load_data("CIFAR10", str(tmp_path / "nothing"))

@@ -123,12 +123,27 @@ def test_verdicts_are_computed_from_the_results_files(tmp_path):
     assert "57% of SGD's budget" in blocks[7] and blocks[7].count("**Holds.**") == 2
     assert "| TWA, span of samples 0..15, from their mean | 98.0 ± 0.7 | 98.5 ± 0.7 |" in text
     assert "| SWA, mean of samples 21..30 | 97.5 ± 0.7 | 97.5 ± 0.7 | 92.0 ± 0.7 | 92.5 ± 0.7 |" in text
+    assert ("TWA starts at SWA's point (the mean of the same samples, BatchNorm re-estimated: "
+            "97.0% at noise 0, 97.0% at noise 0.2) and ends below it in 2 of 4 runs; its training "
+            "loss peaks at 0.10, 0.10") in blocks[7]
+    assert "never train" not in text
     methods = matplotlib.image.imread(tmp_path / "reproduction_methods.png")
     assert methods.shape[1] > 600 and methods[..., :3].std() > 0.05
     image = matplotlib.image.imread(tmp_path / "sizes.png")
     assert image.shape[0] > 300 and image[..., :3].std() > 0.05
     again = report.report(str(tmp_path / "runs"), SEEDS, NOISES, SIZES, "sizes.png", str(tmp_path))
     assert again == text  # a pure function of the runs
+
+
+def test_runs_that_never_train_are_named(tmp_path):
+    prepare_runs(tmp_path / "runs")
+    path = tmp_path / "runs" / "noise0.2_seed1" / "results_psgd_k4.json"
+    run = json.loads(path.read_text())
+    run["final"].update(test_acc=20.0, test_acc_bn=21.0)
+    path.write_text(json.dumps(run))
+    text = report.report(str(tmp_path / "runs"), SEEDS, NOISES, SIZES, "sizes.png", str(tmp_path))
+    assert ("DLDR runs that never train (below 50% on both readings): 1 of 16: P-SGD k=4 at noise "
+            "0.2 seed 1 (training loss 0.10 at its last epoch)") in text
 
 
 def test_digits_sh_runs_nothing_already_made_and_rewrites_the_report(tmp_path):
