@@ -155,7 +155,7 @@ def build_basis(kind, trajectory, n_components, model, device, *, seed=None, str
     block by block when ``trajectory.streams``. With ``basis_file``: read from that file when
     what it records matches (kind, samples and their fingerprint, size, seed), else built and
     saved there; one ``=> `` line says which. Returns a Basis."""
-    record = _basis_record(kind, trajectory, n_components, model, seed)
+    record = _basis_record(kind, trajectory, n_components, model, seed, streaming)
     note = None
     if basis_file:
         saved, note = _read_basis_file(basis_file, record, trajectory)
@@ -189,18 +189,23 @@ def build_basis(kind, trajectory, n_components, model, device, *, seed=None, str
     return basis
 
 
-def _basis_record(kind, trajectory, n_components, model, seed):
-    """What a basis file records about its basis, all of which a run must match to reuse it."""
-    dim = sum(p.numel() for p in trainable_parameters(model))
+def _basis_record(kind, trajectory, n_components, model, seed, streaming):
+    """What a basis file records about its basis, all of which a run must match to reuse it
+    (``dtype``: the precision this run would build it in, so a float32 streamed basis is not
+    taken for the float64 one of an in-memory or --dtype float64 run)."""
+    params = trainable_parameters(model)
+    dim = sum(p.numel() for p in params)
     if kind == "random":
         if n_components > dim:
             raise UsageError(f"--n_components {n_components}: the model has only {dim} "
                              "parameters")
         return {"format": "dldr-basis-1", "kind": kind, "dim": dim, "n_components": n_components,
-                "seed": seed}
+                "seed": seed, "dtype": "float64"}
+    narrow = trajectory.streams(model, streaming) and params[0].dtype != torch.float64
     return {"format": "dldr-basis-1", "kind": kind, "dim": dim,
             "n_components": len(trajectory) if kind == "span" else n_components,
-            "epochs": trajectory.epochs, "samples": trajectory.fingerprint()}
+            "epochs": trajectory.epochs, "samples": trajectory.fingerprint(),
+            "dtype": "float32" if narrow else "float64"}
 
 
 def _read_basis_file(path, record, trajectory):

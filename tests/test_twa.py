@@ -159,6 +159,11 @@ def test_the_saved_basis_is_reused_when_it_matches_and_rebuilt_when_a_sample_cha
     assert run_here("train_psgd.py", *argv, "--basis", "dldr", "--n_components", 3,
                     "--epochs", 1, "-e") == 0
     assert "made for another basis (kind, n_components differ)" in capsys.readouterr().out
+    # A streamed basis (float32) is not the in-memory one (float64) it would replace
+    assert run_here("train_psgd.py", *argv, "--basis", "dldr", "--n_components", 3,
+                    "--epochs", 1, "--streaming-basis", "-e") == 0
+    assert "made for another basis (dtype differ)" in capsys.readouterr().out
+    assert torch.load(copy_dir / "span.pt", weights_only=True)["matrix"].dtype == torch.float32
 
 
 def test_swa_is_update_bn_on_the_mean(twa_run, tmp_path):
