@@ -162,9 +162,9 @@ def streaming_subspace_basis(paths, model, n_components, *, arch=None, working_b
     return basis, ratios
 
 
-def _span_rows(blocks, n, dim, out):
+def _span_rows(blocks, width, n, dim, out):
     """The span basis into ``out`` (n, D) from ``blocks()``, an iterable of (first column,
-    float64 (n, w) columns) of the raw samples W, made twice.
+    float64 (n, w <= ``width``) columns) of the raw samples W, made twice.
 
     Pass 1: R of the QR factorisation W^T = Q R, by TSQR (R of [R; block^T], block after block,
     Householder throughout), with diag(R) > 0, so that row i of Q^T spans sample i with the rows
@@ -187,21 +187,10 @@ def _span_rows(blocks, n, dim, out):
         row_gram += rows @ rows.T
         out[:, lo:lo + rows.shape[1]] = rows
     chol = torch.linalg.cholesky(row_gram)
-    step = blocks.width
-    for lo in range(0, dim, step):  # the Cholesky-QR correction, in place
-        part = out[:, lo:lo + step]
+    for lo in range(0, dim, width):  # the Cholesky-QR correction, in place
+        part = out[:, lo:lo + width]
         part.copy_(torch.linalg.solve_triangular(chol, part.double(), upper=False))
     return out
-
-
-class _Blocks:
-    """A re-iterable source of (first column, float64 columns) blocks ``width`` wide."""
-
-    def __init__(self, make, width):
-        self.make, self.width = make, width
-
-    def __call__(self):
-        return self.make()
 
 
 def span_basis(samples, block=None):
@@ -213,10 +202,10 @@ def span_basis(samples, block=None):
     """
     n, dim = samples.shape
     block = min(block or (1 << 20 if samples.is_cuda else 1 << 12), dim)
-    blocks = _Blocks(lambda: ((lo, samples[:, lo:lo + block].double())
-                              for lo in range(0, dim, block)), block)
+    blocks = lambda: ((lo, samples[:, lo:lo + block].double())  # noqa: E731
+                      for lo in range(0, dim, block))
     out = torch.empty(n, dim, dtype=torch.float64, device=samples.device)
-    return _span_rows(blocks, n, dim, out)
+    return _span_rows(blocks, block, n, dim, out)
 
 
 def streaming_span_basis(paths, model, *, arch=None, working_bytes=1 << 30, dtype=torch.float32):
@@ -230,9 +219,8 @@ def streaming_span_basis(paths, model, *, arch=None, working_bytes=1 << 30, dtyp
     chunk = max(n, min(1 << 16, dim, working_bytes // 8 // (24 * n)))
     width = max(chunk, min(dim, (working_bytes - chunk * 24 * n) // (4 * n + 4)))
     buffer = torch.empty(n, width, dtype=torch.float32)
-    blocks = _Blocks(lambda: _centred_chunks(paths, layout, dim, buffer, chunk, centre=False),
-                     chunk)
-    return _span_rows(blocks, n, dim, torch.empty(n, dim, dtype=dtype))
+    blocks = lambda: _centred_chunks(paths, layout, dim, buffer, chunk, centre=False)  # noqa: E731
+    return _span_rows(blocks, chunk, n, dim, torch.empty(n, dim, dtype=dtype))
 
 
 def random_basis(dim, n_components, seed, dtype=torch.float64):

@@ -7,6 +7,7 @@ import torch
 
 from .cli import UsageError
 from .files import Interrupted, WriteError, atomic_torch_save, safe_load
+from .samples import name_list
 
 
 def rng_state():
@@ -67,10 +68,8 @@ def load_strictly(model, state, path):
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     shaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or extra or shaped:
-        said = [f"{what} {', '.join(repr(k) for k in keys[:3])}"
-                + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-                for what, keys in (("no", missing), ("unexpected", extra),
-                                   ("another shape for", shaped)) if keys]
+        said = [f"{what} {name_list(keys)}" for what, keys in (
+            ("no", missing), ("unexpected", extra), ("another shape for", shaped)) if keys]
         raise UsageError(f"{path}: does not fit --arch ({'; '.join(said)})")
     model.load_state_dict(state)
 

@@ -67,14 +67,12 @@ def _contiguous_span(tensors):
                                      first.storage_offset())
 
 
-def _gradient_vector(params):
-    """The flat gradient: a view when FlatParameters laid it out, else a concatenation (zeros for
-    a parameter the loss did not reach)."""
-    span = _contiguous_span([p.grad for p in params])
-    if span is not None:
-        return span
-    return torch.cat([p.new_zeros(p.numel()) if p.grad is None else p.grad.reshape(-1)
-                      for p in params])
+def _gradient_vector(params, trainable=None):
+    """The flat gradient, a new vector: zeros for a parameter the loss did not reach, or that
+    ``trainable`` (one flag per parameter) marks as frozen."""
+    trainable = trainable or [True] * len(params)
+    return torch.cat([p.grad.reshape(-1) if t and p.grad is not None else p.new_zeros(p.numel())
+                      for p, t in zip(params, trainable)])
 
 
 # The largest |P P^T - I| accepted of a basis, by its dtype (16-bit types: 1e-2).
@@ -328,10 +326,6 @@ class PBFGS(torch.optim.Optimizer):
         """Non-finite curvature pairs left out of H (for instance after an overflow)."""
         return self._state()["skipped_pairs"]
 
-    def _gather_flat_grad(self, trainable):
-        return torch.cat([p.grad.reshape(-1) if t and p.grad is not None else p.new_zeros(p.numel())
-                          for p, t in zip(self._params, trainable)])
-
     def _gather_flat_weights(self):
         return torch.cat([p.reshape(-1) for p in self._params])
 
@@ -399,7 +393,7 @@ class PBFGS(torch.optim.Optimizer):
         with torch.enable_grad():
             loss = closure()
         total = self._global(loss)
-        grad = self._gather_flat_grad(trainable)
+        grad = _gradient_vector(self._params, trainable)
         if alpha != 0:  # the residual momentum needs the whole summed gradient: D numbers
             distributed.all_reduce_sum_(grad)
         gk = P @ grad

@@ -55,7 +55,8 @@ def load_state(path, mmap=False):
     return state
 
 
-def _named(names):
+def name_list(names):
+    """'a', 'b', 'c' and 4 more: the first three of ``names``, sorted, for one-line errors."""
     names = sorted(names)
     return ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more"
                                                     if len(names) > 3 else "")
@@ -78,7 +79,7 @@ def check_state_matches(state, model, path, arch):
                          f"are not of --arch {arch}")
     missing = set(own) - set(state)
     if missing:
-        raise UsageError(f"{path}: no {_named(missing)} (buffers such as BatchNorm statistics); "
+        raise UsageError(f"{path}: no {name_list(missing)} (buffers such as BatchNorm statistics); "
                          f"a sample holds the whole state dict of --arch {arch}, as "
                          "model.state_dict() gives it")
     for name, value in own.items():

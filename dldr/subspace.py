@@ -111,6 +111,7 @@ class SubspaceRun(Run):
         if o.resume:
             find_resume_checkpoint(o.resume, o.save_dir, outputs.checkpoint)
         # What defines the run: a checkpoint records it, and --resume must match it
+        self.amp = amp_mode(o.amp, o.half, o.dtype)
         self.n_components = len(self.trajectory) if o.basis == "span" else o.n_components
         samples = self.trajectory.fingerprint()
         if self.start not in ("mean", *self.trajectory.epochs):  # the restart's file, too
@@ -120,13 +121,11 @@ class SubspaceRun(Run):
                         params_start=o.params_start, params_end=o.params_end,
                         params_step=o.params_step, basis=o.basis, n_components=self.n_components,
                         train_start=self.start, batch_size=o.batch_size, dtype=o.dtype,
-                        amp=amp_mode(o.amp, o.half, o.dtype), loader=o.loader, samples=samples,
+                        amp=self.amp, loader=o.loader, samples=samples,
                         **settings)
         super().__init__(o.save_dir, outputs, identity, resume=o.resume, epochs=o.epochs,
                          evaluating=o.evaluate)
-        device = resolve_device(o.device)
-        self.amp = amp_mode(o.amp, o.half, o.dtype)
-        self.device = init_distributed(device)  # from here on only rank 0 prints
+        self.device = init_distributed(resolve_device(o.device))  # from here on only rank 0 prints
 
     def prepare(self):
         """The data (with the trajectory's label noise) and a model of the samples' architecture."""
