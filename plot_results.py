@@ -63,8 +63,18 @@ def plot_curves(runs):
     return fig
 
 
+def rows(samples, epochs, wanted):
+    """The samples (float64) of the epochs ``wanted``, ``samples`` holding ``epochs`` (the folder's,
+    which need not start at 0 nor be contiguous); None when the folder lacks one of them."""
+    where = {e: i for i, e in enumerate(epochs)}
+    if any(e not in where for e in wanted):
+        return None
+    return samples[[where[e] for e in wanted]].double()
+
+
 def trajectory_pca(save_dir):
-    """(samples (n, D), model, run record) of the SGD run, or None without run.json."""
+    """(samples (n, D), their epochs, model, run record) of the SGD run, or None without
+    run.json."""
     path = os.path.join(save_dir, "run.json")
     if not os.path.exists(path):
         return None
@@ -74,7 +84,7 @@ def trajectory_pca(save_dir):
     epochs = utils.available_samples(save_dir)
     samples = torch.stack([utils.param_vector_from_state(
         utils.load_state(utils.sample_path(save_dir, e)), model) for e in epochs])
-    return samples, model, record
+    return samples, epochs, model, record
 
 
 def plot_explained_variance(samples):
@@ -93,11 +103,15 @@ def plot_explained_variance(samples):
     return fig, ratios
 
 
-def subspace_path(run, samples, model):
+def subspace_path(run, samples, model, epochs):
     """The run's per-epoch parameters, rebuilt as start + P^T coords (P recomputed exactly); for
-    SWA, the one point it is: the samples' mean."""
+    SWA, the one point it is: the samples' mean. Samples are taken by their epoch (``epochs``:
+    those of the rows of ``samples``); None when the folder lacks one the run used."""
     a = run["args"]
-    used = samples[a["params_start"]:a["params_end"]:a.get("params_step", 1)].double()
+    used = rows(samples, epochs, range(a["params_start"], a["params_end"],
+                                       a.get("params_step", 1)))
+    if used is None:
+        return None
     if run.get("method") == "swa":
         return used.mean(0, keepdim=True)
     coords = torch.tensor([e["coords"] for e in run["epochs"] if "coords" in e], dtype=torch.float64)
@@ -111,11 +125,11 @@ def subspace_path(run, samples, model):
     else:
         basis, _ = utils.subspace_basis(used, k)
     begin = run.get("train_start", a["params_start"])
-    start = used.mean(0) if begin == "mean" else samples[begin].double()
-    return start + coords @ basis
+    start = used.mean(0) if begin == "mean" else rows(samples, epochs, [begin])
+    return None if start is None else start.reshape(-1) + coords @ basis
 
 
-def plot_trajectory(samples, runs, model):
+def plot_trajectory(samples, runs, model, epochs):
     basis, _ = utils.subspace_basis(samples, min(3, len(samples) - 1))
     mean = samples.double().mean(0)
     project = lambda w: ((w.double() - mean) @ basis.T).numpy()
@@ -127,7 +141,7 @@ def plot_trajectory(samples, runs, model):
     for tag, run in runs.items():
         if tag != "sgd" and "args" in run and ("coords" in run["epochs"][-1]
                                                 or run.get("method") == "swa"):
-            path = subspace_path(run, samples, model)
+            path = subspace_path(run, samples, model, epochs)
             if path is not None:
                 paths[tag] = project(path)
     for tag, xyz in paths.items():
@@ -137,7 +151,9 @@ def plot_trajectory(samples, runs, model):
                  color=color, label=label)
         if ax3 is not None:
             ax3.plot(xyz[:, 0], xyz[:, 1], xyz[:, 2], ls, marker="o", ms=2, color=color, label=label)
-    ax2.plot(sgd[0, 0], sgd[0, 1], "g*", ms=12, label="initialisation (sample 0)")
+    ax2.plot(sgd[0, 0], sgd[0, 1], "g*", ms=12,  # the folder's first sample, by its epoch
+             label="initialisation (sample 0)" if epochs[0] == 0 else
+             f"first sample ({epochs[0]}.pt)")
     ax2.set(xlabel="PC 1", ylabel="PC 2", title="Trajectories on the top two directions")
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8)
@@ -149,7 +165,10 @@ def plot_trajectory(samples, runs, model):
 
 def plot_save_dir(save_dir):
     """Write every plot the save dir allows; returns the paths written."""
-    runs = summarize.load_runs(save_dir)
+    runs = summarize.load_runs(save_dir)  # an unreadable file: one line on stderr, left out
+    for tag, why in summarize.stale_runs(save_dir, runs).items():  # not the samples' runs
+        print(f"skipped results_{tag}.json: stale, {why}", file=sys.stderr)
+        del runs[tag]
     if not runs:
         raise utils.UsageError(f"{save_dir}: no results_*.json to plot; run the scripts first")
     written = []
@@ -163,9 +182,9 @@ def plot_save_dir(save_dir):
     save(plot_curves(runs), "curves.png")
     trajectory = trajectory_pca(save_dir)
     if trajectory is not None and len(trajectory[0]) >= 3:
-        samples, model, _ = trajectory
+        samples, epochs, model, _ = trajectory
         save(plot_explained_variance(samples)[0], "explained_variance.png")
-        save(plot_trajectory(samples, runs, model)[0], "trajectory.png")
+        save(plot_trajectory(samples, runs, model, epochs)[0], "trajectory.png")
     return written
 
 

@@ -1,6 +1,7 @@
 """Print a table of the runs in a save dir: each results file's final test accuracy (as the authors'
 scripts evaluate it, and with BatchNorm statistics re-estimated on the training data), its best
-epoch, final training loss and time.
+epoch, final training loss and time. A results file made from other samples than those in the
+folder now is marked stale; one that cannot be read is named in one line, the others shown.
 
     python summarize.py SAVE_DIR
 """
@@ -9,35 +10,91 @@ import json
 import os
 import sys
 
+from dldr.records import stale_reason
+
 ORDER = ["sgd", "psgd", "pbfgs", "twa", "swa", "psgd_span", "pbfgs_span", "psgd_random",
-         "pbfgs_random"]
+         "pbfgs_random", "twa_dldr", "twa_random"]
 LABELS = {"sgd": "SGD (all parameters)", "psgd": "P-SGD (DLDR basis)", "pbfgs": "P-BFGS (DLDR basis)",
           "twa": "TWA (span, from mean)", "swa": "SWA (mean, BN re-est.)",
           "psgd_span": "P-SGD (span basis)", "pbfgs_span": "P-BFGS (span basis)",
-          "psgd_random": "P-SGD (random basis)", "pbfgs_random": "P-BFGS (random basis)"}
+          "psgd_random": "P-SGD (random basis)", "pbfgs_random": "P-BFGS (random basis)",
+          "twa_dldr": "TWA (DLDR basis)", "twa_random": "TWA (random basis)"}
 
 
-def load_runs(save_dir):
+def split_tag(tag):
+    """(the method and basis part of a results file's name, its --output-tag or None):
+    'psgd_random_k5' -> ('psgd_random', 'k5'), 'swa_tail' -> ('swa', 'tail')."""
+    known = [k for k in LABELS if tag == k or tag.startswith(k + "_")]
+    if not known:
+        return tag, None
+    base = max(known, key=len)
+    return base, tag[len(base) + 1:] or None
+
+
+def label(tag):
+    """A readable name of the run in results_TAG.json: 'SWA (mean, BN re-est.), tag tail'."""
+    base, suffix = split_tag(tag)
+    name = LABELS.get(base, base)
+    return f"{name}, tag {suffix}" if suffix else name
+
+
+def sort_key(tag):
+    base, suffix = split_tag(tag)
+    return (ORDER.index(base) if base in ORDER else len(ORDER), base, suffix or "")
+
+
+def load_runs(save_dir, problems=None):
+    """{tag: record} of the results_TAG.json files with at least one epoch; a file that is not
+    JSON or holds no epoch is left out, with one line naming it in ``problems`` (a list), or on
+    stderr when none is given."""
     runs = {}
-    for path in glob.glob(os.path.join(save_dir, "results_*.json")):
+    for path in sorted(glob.glob(os.path.join(save_dir, "results_*.json"))):
         tag = os.path.basename(path)[len("results_"):-len(".json")]
-        with open(path) as f:
-            runs[tag] = json.load(f)
+        try:
+            with open(path) as f:
+                run = json.load(f)
+            if not (isinstance(run, dict) and isinstance(run.get("epochs"), list) and run["epochs"]
+                    and all(isinstance(e, dict) and "epoch" in e and "test_acc" in e
+                            for e in run["epochs"])):
+                raise ValueError("no epoch recorded (a run stopped before its first one?)")
+        except (OSError, ValueError) as e:
+            why = f"not valid JSON ({e})" if isinstance(e, json.JSONDecodeError) else str(e)
+            line = f"skipped {path}: {why}"
+            if problems is None:
+                print(line, file=sys.stderr)
+            else:
+                problems.append(line)
+            continue
+        runs[tag] = run
     return runs
+
+
+def stale_runs(save_dir, runs):
+    """{tag: why} of the runs whose recorded samples (``sample_fingerprint``) are not the samples
+    in ``save_dir`` now: runs on a trajectory that was replaced since."""
+    digests, stale = {}, {}
+    for tag, run in runs.items():
+        why = stale_reason(save_dir, run.get("sample_fingerprint"), digests)
+        if why:
+            stale[tag] = why
+    return stale
 
 
 def final_bn(run):
     """The final accuracy with re-estimated BatchNorm statistics, or None for older runs."""
-    return run.get("final", {}).get("test_acc_bn")
+    return (run.get("final") or {}).get("test_acc_bn")
 
 
 def table(save_dir):
-    runs = load_runs(save_dir)
+    problems = []
+    runs = load_runs(save_dir, problems)
     if not runs:
-        raise SystemExit(f"error: no results_*.json in {save_dir}")
-    lines = [f"{'method':<24}{'epochs':>7}{'final acc':>11}{'final, BN re-est.':>19}"
+        raise SystemExit("\n".join(problems + [f"error: no readable results_*.json in {save_dir}"]))
+    stale = stale_runs(save_dir, runs)
+    width = max(24, *(len(label(t)) + 2 for t in runs))
+    lines = [f"{'method':<{width}}{'epochs':>7}{'final acc':>11}{'final, BN re-est.':>19}"
              f"{'best acc':>10}{'train loss':>12}{'time s':>9}"]
-    for tag in sorted(runs, key=lambda t: ORDER.index(t) if t in ORDER else len(ORDER)):
+    for tag in sorted(runs, key=sort_key):
         epochs = runs[tag]["epochs"]
         last = epochs[-1]
         best = max(e["test_acc"] for e in epochs)
@@ -45,9 +102,11 @@ def table(save_dir):
         loss = last.get("train_loss", float("nan"))
         bn = final_bn(runs[tag])
         bn_text = f"{bn:.2f}%" if bn is not None else "n/a"
-        lines.append(f"{LABELS.get(tag, tag):<24}{last['epoch']:>7}{last['test_acc']:>10.2f}%"
-                     f"{bn_text:>19}{best:>9.2f}%{loss:>12.4f}{total:>9.1f}")
-    return "\n".join(lines)
+        lines.append(f"{label(tag):<{width}}{last['epoch']:>7}{last['test_acc']:>10.2f}%"
+                     f"{bn_text:>19}{best:>9.2f}%{loss:>12.4f}{total:>9.1f}"
+                     + ("  STALE" if tag in stale else ""))
+    lines += [f"STALE: results_{tag}.json: {why}" for tag, why in sorted(stale.items())]
+    return "\n".join(lines + problems)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import os
 import time
 
 import utils
+from dldr.run import refuse_replacing, remove_outputs, samples_used
 
 
 def build_parser():
@@ -25,8 +26,11 @@ def main(argv=None):
     options = utils.SubspaceOptions.from_args(args)
     samples = utils.check_samples_run(options)
     outputs = utils.output_names("swa", "span", args.output_tag, default_basis="span")
-    lock = utils.OutputLock(args.save_dir, outputs.lock, f"{outputs.results} and {outputs.model}")
+    outputs = outputs._replace(what=f"{outputs.results} and {outputs.model}")
+    lock = utils.OutputLock(args.save_dir, outputs.lock, outputs.describe())
     lock.check()
+    if not args.overwrite:  # (SWA has no checkpoint: it is finished or not there)
+        refuse_replacing(args.save_dir, outputs, resumable=False)
     device = utils.resolve_device(args.device)
     amp = utils.amp_mode(args.amp, False, args.dtype)
     device = utils.init_distributed(device)
@@ -42,10 +46,13 @@ def main(argv=None):
     model = utils.sync_batchnorm(model, device)
     evaluator = utils.make_evaluator(options, model, model, train_set, test_set, device, amp)
     lock.acquire()
+    if args.overwrite and utils.is_main_process():
+        remove_outputs(args.save_dir, outputs)
     final = evaluator.twice(f"SWA, the mean of samples {samples.describe()}", keep=True)
     utils.log_test(final["test_acc_bn"], final["test_loss_bn"])
     results = utils.Results(os.path.join(args.save_dir, outputs.results), "swa", dict(vars(args)),
-                            {"samples": samples.epochs, "start": None, "final": final})
+                            {"samples": samples.epochs, "start": None, "final": final,
+                             "sample_fingerprint": samples_used(samples)})
     results.add(epoch=0, test_loss=final["test_loss"], test_acc=final["test_acc"],
                 time=time.time() - start)
     path = os.path.join(args.save_dir, outputs.model)

@@ -32,8 +32,8 @@ def train_epoch(model, flat, opt, loader, progress, accumulate, amp, begin_step)
     """One epoch of P-BFGS: one optimizer step per ``accumulate`` batches."""
     model.train()
     batches = []
-    for i, batch in progress.batches(loader):
-        batches.append(batch)
+    for i, (x, y) in progress.batches(loader):
+        batches.append((x, y, utils.global_batch_share(loader, i, y.shape[0])))
         if len(batches) < accumulate and i < len(loader) - 1:
             continue
         last = {}
@@ -48,11 +48,10 @@ def train_epoch(model, flat, opt, loader, progress, accumulate, amp, begin_step)
 
         def closure():
             if not torch.is_grad_enabled():  # a line-search try: the last batch, as the authors
-                return batch_loss(*batches[-1], last["share"])[0]
+                return batch_loss(*batches[-1])[0]
             flat.zero_grad()
-            for x, y in batches:
-                last["share"] = utils.global_batch_share(y.shape[0], x.device)
-                loss, last["loss"], output = batch_loss(x, y, last["share"])
+            for x, y, share in batches:
+                loss, last["loss"], output = batch_loss(x, y, share)
                 loss.backward()
             if len(batches) > 1:  # the authors' --accumulate: the average of the gradients
                 flat.grad.div_(len(batches))
@@ -86,8 +85,9 @@ def main(argv=None):
     # DLDR: the trajectory's samples -> their principal directions -> the restart -> P-BFGS
     run.build_basis()
     flat = run.restart()
+    # bf16: the Armijo test's f0 from a no-grad pass, as its tries (fp32 keeps the authors' f0)
     opt = utils.PBFGS(flat.params, run.basis_matrix, buffers=model.buffers(), alpha=args.alpha,
-                      gamma=args.gamma)
+                      gamma=args.gamma, recompute_reference=run.amp == "bf16")
     if args.evaluate:
         return run.evaluate_only()
 

@@ -49,7 +49,7 @@ def train_epoch(model, flat, basis, loader, optimizer, scaler, progress, amp, be
         progress.check_finite(loss, i)
         flat.zero_grad()  # not optimizer.zero_grad(): the grads are views of the flat buffer
         # The projection sums over processes: weight each by its share (1.0 alone: exact)
-        scaler.scale(loss * utils.global_batch_share(y.shape[0], x.device)).backward()
+        scaler.scale(loss * utils.global_batch_share(loader, i, y.shape[0])).backward()
         # Project (and sum over processes) before unscaling, so every process sees the same
         # gradient when the scaler checks it for infinities.
         utils.project_gradients_(flat.params, basis)
@@ -61,7 +61,8 @@ def train_epoch(model, flat, basis, loader, optimizer, scaler, progress, amp, be
 
 
 def main(argv=None, parser=None, method="psgd", title="P-SGD"):
-    args = (parser or build_parser()).parse_args(argv)
+    own = parser or build_parser()
+    args = own.parse_args(argv)
     milestones = args.milestones or twa_milestones(args.epochs)
     weight_decay = args.weight_decay if args.basis == "span" else 0.0  # see --weight-decay
     run = utils.SubspaceRun(method, title, utils.SubspaceOptions.from_args(args),
@@ -70,6 +71,15 @@ def main(argv=None, parser=None, method="psgd", title="P-SGD"):
                             default_basis=parser.get_default("basis") if parser else "dldr")
     utils.log(title)
     utils.log(args.save_dir)
+    # Flags given but not used are said (the results record what was used)
+    if args.basis == "span" and args.n_components != own.get_default("n_components"):
+        utils.log(f"=> note: --n_components {args.n_components} is ignored: the span basis has one "
+                  f"direction per sample, {len(run.trajectory)} here")
+    if weight_decay != args.weight_decay and (parser is not None or
+                                              args.weight_decay != own.get_default("weight_decay")):
+        utils.log(f"=> note: --weight-decay {args.weight_decay:g} is not applied with --basis "
+                  f"{args.basis}: decay towards 0 would leave the subspace (see --help); the run "
+                  "uses 0")
     model = run.prepare()
 
     # DLDR: the trajectory's samples -> their principal directions -> the restart -> SGD in P

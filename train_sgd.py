@@ -6,6 +6,8 @@ plus run.json (provenance), results_sgd.json (per-epoch metrics) and checkpoint.
     python -u train_sgd.py --datasets CIFAR10 --arch resnet20 --epochs 150 --save-dir save_resnet20
 """
 import os
+import re
+import time
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +36,44 @@ def build_parser():
     return p
 
 
+# What the runs on a trajectory leave beside it: other methods' results, final models and
+# checkpoints (not SGD's checkpoint.pt and checkpoint_E.pt), and the plots of them all
+RUNS_ON_SAMPLES = re.compile(r"results_(?!sgd\.json$).+\.json|(PBFGS|PSGD|TWA|SWA)(_.+)?\.pt"
+                             r"|checkpoint_(?!\d+\.pt$).+\.pt"
+                             r"|(curves|trajectory|explained_variance)\.png")
+
+
+def check_runs_idle(save_dir):
+    """--overwrite: no other run may be writing its files beside the samples being replaced."""
+    if not os.path.isdir(save_dir):
+        return
+    for name in sorted(os.listdir(save_dir)):
+        if name.startswith(".") and name.endswith(".lock") and name != ".sgd.lock":
+            stem = name[1:-len(".lock")]
+            utils.OutputLock(save_dir, stem, f"the files of its {stem} run").check()
+
+
 def clear_run(save_dir):
-    """--overwrite: remove the previous SGD run's samples, checkpoints and records (not the
-    subspace runs' files, which other runs may be writing)."""
+    """--overwrite: remove the previous SGD run's samples, checkpoints and records, and move what
+    other runs made from those samples (RUNS_ON_SAMPLES) into stale_<time>/, so that no reader
+    takes them for runs on the new trajectory."""
+    stale = sorted(n for n in os.listdir(save_dir) if RUNS_ON_SAMPLES.fullmatch(n)
+                   and os.path.isfile(os.path.join(save_dir, n)))
+    if stale:
+        folder = os.path.join(save_dir, time.strftime("stale_%Y%m%d-%H%M%S"))
+        base, n = folder, 1
+        while os.path.exists(folder):
+            n += 1
+            folder = f"{base}-{n}"
+        try:
+            os.makedirs(folder)
+            for name in stale:
+                os.rename(os.path.join(save_dir, name), os.path.join(folder, name))
+        except OSError as e:
+            raise utils.WriteError(f"{folder}: cannot move the replaced runs' files there "
+                                   f"({e.strerror})") from None
+        utils.log(f"=> --overwrite: {len(stale)} files of the runs on the replaced samples "
+                  f"({', '.join(stale)}) moved to {folder}")
     for name in os.listdir(save_dir):
         stem = name[:-3] if name.endswith(".pt") else ""
         if stem.isdigit() or stem == "checkpoint" or (stem.startswith("checkpoint_") and stem[
@@ -59,7 +96,7 @@ def train_epoch(model, loader, optimizer, scaler, progress, amp, begin_step, cha
         progress.check_finite(loss, i)
         optimizer.zero_grad(set_to_none=True)
         # DDP averages over processes: weight each by its share of the batch (1.0 alone: exact)
-        scaler.scale(loss * (utils.global_batch_share(y.shape[0], x.device) * processes)).backward()
+        scaler.scale(loss * (utils.global_batch_share(loader, i, y.shape[0]) * processes)).backward()
         scaler.step(optimizer)
         scaler.update()
         progress.update(i, loss, output, y)
@@ -70,11 +107,17 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     utils.check_arch_name(args.arch, args.datasets)
     utils.check_dataset_name(args.datasets, args.data_root)
+    utils.make_deterministic(args.deterministic)
     device = utils.resolve_device(args.device)
     amp = utils.amp_mode(args.amp, args.half, args.dtype)
     if args.start_epoch > args.epochs:
         raise utils.UsageError(f"--start-epoch {args.start_epoch}: beyond --epochs {args.epochs}; "
                                f"use --epochs >= {args.start_epoch}")
+    if 0 < args.start_epoch == args.epochs and not (args.resume or args.evaluate):
+        # it would write sample N.pt from the initial weights, which are not epoch N's
+        raise utils.UsageError(f"--start-epoch {args.start_epoch}: the run would train nothing "
+                               f"with --epochs {args.epochs} and write {args.start_epoch}.pt from "
+                               f"the initial weights; use --epochs > {args.start_epoch}")
     if args.resume and args.overwrite:
         raise utils.UsageError("--resume and --overwrite contradict each other; choose one")
     if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
@@ -90,12 +133,15 @@ def main(argv=None):
     identity.update(method="sgd", milestones=milestones, amp=amp)
     run = utils.Run(args.save_dir, utils.SGD_OUTPUTS, identity, resume=args.resume,
                     epochs=args.epochs, evaluating=args.evaluate, sample_dir=args.save_dir,
-                    keep_every=args.save_every)  # refuses when another run writes there
+                    keep_every=args.save_every, resume_weights=args.resume_weights)
+    # (it refuses when another run writes there)
     existing = utils.available_samples(args.save_dir)
     if existing and not (args.resume or args.overwrite or args.evaluate):
         raise utils.UsageError(
             f"--save-dir {args.save_dir} already holds samples ({utils.describe_epochs(existing)}) "
             "of another run; pass --resume to continue it or --overwrite to replace it")
+    if args.overwrite:
+        check_runs_idle(args.save_dir)  # their files are moved aside below
     if args.pretrained and args.datasets in utils.FOLDER_DATASETS:  # fetched before any write
         utils.pretrained_state(args.arch, len(utils.folder_classes(args.datasets, args.data_root)))
     utils.check_writable_dir(args.save_dir)  # created when the run starts writing
@@ -109,6 +155,7 @@ def main(argv=None):
     num_classes = train_set.num_classes
     model = utils.build_model(args.arch, args.datasets, num_classes, device, args.dtype,
                               args.pretrained)
+    utils.seed_processes(args.randomseed)  # under torchrun: each process its own dropout
     if args.pretrained and args.datasets not in utils.FOLDER_DATASETS:
         utils.log(f"=> --pretrained: no pretrained weights for the CIFAR architecture {args.arch}; "
                   "ignored, as in the authors' scripts")
@@ -117,7 +164,9 @@ def main(argv=None):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Under torchrun the steps run through DDP; evaluation (each process its shard) does not.
-    step_model = utils.compile_model(utils.distributed_model(model, device), device, args.compile,
+    step_model = utils.compile_model(utils.distributed_model(model, device,
+                                                             utils.batch_shape(train_set)),
+                                     device, args.compile,
                                      args.compile_mode, args.compile_backend)
     eval_model = step_model if utils.world()[1] == 1 else model
     n_params = sum(p.numel() for p in utils.trainable_parameters(model))

@@ -28,7 +28,8 @@ Around them:
 """
 from dldr.basis import (random_basis, span_basis, streaming_span_basis,
                         streaming_subspace_basis, subspace_basis)
-from dldr.batches import MemoryLoader, bn_loader, crop_flip, make_loader, test_batch_size
+from dldr.batches import (MemoryLoader, batch_shape, bn_loader, crop_flip, make_loader,
+                          test_batch_size)
 from dldr.batchnorm import evaluate_reestimated, has_batchnorm, reestimate_bn
 from dldr.checkpoints import (RunState, check_same_run, checkpoint_state, fast_forward,
                               find_resume_checkpoint, load_resume, load_strictly, load_weights,
@@ -41,7 +42,8 @@ from dldr.data import (CIFAR100_MEAN, FOLDER_DATASETS, IMAGENET_MEAN, IMAGENET_S
                        ImageSet, check_dataset_name, folder_classes, load_data, load_digits,
                        load_folder, load_mnist, load_synthetic, noisy_labels)
 from dldr.distributed import (all_reduce_sum_, distributed_model, global_batch_share,
-                              init_distributed, is_main_process, sync_batchnorm, world)
+                              init_distributed, is_main_process, seed_processes, sync_batchnorm,
+                              unused_parameters, world)
 from dldr.files import (Interrupted, OutputLock, WriteError, atomic_torch_save, atomic_write,
                         atomic_write_json, check_writable_dir, safe_load)
 from dldr.networks import build_model, check_arch_name, new_model, pretrained_state
@@ -58,5 +60,6 @@ from dldr.subspace import (SubspaceRun, check_samples_run, load_data_and_model, 
 from dldr.trajectory import Basis, Trajectory, build_basis, describe_sample_epochs
 from dldr.progress import (EpochProgress, NonFiniteLoss, evaluate, format_eta, log,
                            log_sgd_lists, log_subspace_lists, log_test)
-from dldr.training import (amp_mode, autocast, compile_model, full_precision, resolve_device,
+from dldr.training import (amp_mode, autocast, compile_model, full_precision, make_deterministic,
+                           peak_memory_bytes, reset_peak_memory, resolve_device,
                            seed_everything, step_marker)

@@ -1,10 +1,27 @@
 """The subspace bases: DLDR's (the top principal directions of the trajectory's samples, exactly:
 float64 Gram matrix and its eigendecomposition), TWA's (the span of the raw samples, by QR), both
 in memory or streamed from the sample files; and the random orthonormal basis of the control."""
+import numbers
+
 import torch
 
 from .cli import UsageError
 from .samples import check_state_matches, load_state
+
+
+def _sample_shape(samples, name):
+    """(n, D) of a 2-D floating-point tensor of samples, else a TypeError/ValueError saying what
+    came instead (a 1-D tensor would otherwise fail as "not enough values to unpack")."""
+    if not isinstance(samples, torch.Tensor):
+        raise TypeError(f"{name}: samples must be a torch tensor (n, D), got "
+                        f"{type(samples).__name__}")
+    if samples.dim() != 2:
+        raise ValueError(f"{name}: samples must be a 2-D (n, D) tensor, one flattened sample a "
+                         f"row, got shape {tuple(samples.shape)}"
+                         + ("; for one sample use samples[None]" if samples.dim() == 1 else ""))
+    if not samples.is_floating_point():
+        raise TypeError(f"{name}: samples must be floating point, got {samples.dtype}")
+    return samples.shape
 
 
 def _check_components(n, n_components):
@@ -43,7 +60,7 @@ def subspace_basis(samples, n_components, block=None):
     through in blocks so the float64 working set stays small even for large D;
     ``streaming_subspace_basis`` gives the same basis from files.
     """
-    n, dim = samples.shape
+    n, dim = _sample_shape(samples, "subspace_basis")
     _check_components(n, n_components)
     # On the CPU, blocks of 4k columns stay in cache from the conversion through the product, and
     # one reused buffer spares the page faults of fresh large allocations.
@@ -200,7 +217,7 @@ def span_basis(samples, block=None):
     samples: (n, D) tensor. Returns the (n, D) float64 basis, row i in the span of samples
     0..i and positive on sample i. Columns go through in blocks, as in ``subspace_basis``.
     """
-    n, dim = samples.shape
+    n, dim = _sample_shape(samples, "span_basis")
     block = min(block or (1 << 20 if samples.is_cuda else 1 << 12), dim)
     blocks = lambda: ((lo, samples[:, lo:lo + block].double())  # noqa: E731
                       for lo in range(0, dim, block))
@@ -224,7 +241,14 @@ def streaming_span_basis(paths, model, *, arch=None, working_bytes=1 << 30, dtyp
 
 
 def random_basis(dim, n_components, seed, dtype=torch.float64):
-    """An orthonormal (k, D) basis spanning a uniformly random k-dimensional subspace."""
+    """An orthonormal (k, D) basis spanning a uniformly random k-dimensional subspace; k =
+    ``n_components`` must be in 1..D (ValueError: QR of a D x k matrix gives only D rows)."""
+    for name, value in (("dim", dim), ("n_components", n_components)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"random_basis: {name} must be an int >= 1, got {value!r}")
+    if n_components > dim:
+        raise ValueError(f"random_basis: n_components = {n_components} orthonormal rows need "
+                         f"n_components <= dim = {dim}")
     g = torch.Generator().manual_seed(seed)
     gauss = torch.randn(dim, n_components, generator=g, dtype=torch.float64)
     q, _ = torch.linalg.qr(gauss)

@@ -66,6 +66,13 @@ class MemoryLoader:
     def __len__(self):
         return len(self._batches())
 
+    def global_batch_size(self, i):
+        """Images in global batch ``i`` (all processes' parts of it together)."""
+        if i == 0 or not hasattr(self, "_spans"):
+            self._spans = self._batches()
+        start, end = self._spans[i]
+        return end - start
+
     def __iter__(self):
         n = len(self.data)
         if self.shuffle:
@@ -129,6 +136,13 @@ class _DeviceLoader:
     def __len__(self):
         return len(self.loader)
 
+    def global_batch_size(self, i):
+        """Images in global batch ``i``: a DistributedSampler gives every process as many (it
+        pads the split), so this process's batch times the number of processes."""
+        per_process = len(self.sampler) if self.sampler is not None else len(self.loader.dataset)
+        size = self.loader.batch_size
+        return min(size, per_process - i * size) * world()[1]
+
     def __iter__(self):
         if self.sampler is not None:
             self.sampler.set_epoch(self.epoch)
@@ -158,6 +172,13 @@ def _dataloader(view, batch_size, device, shuffle, workers, seed, split_batches=
                                          num_workers=workers, generator=generator,
                                          pin_memory=device.type == "cuda")
     return _DeviceLoader(loader, device, generator, sampler)
+
+
+def batch_shape(data, n=2):
+    """The shape of a batch of ``n`` training inputs of ``data``, as the model sees them."""
+    if isinstance(data, FolderSet):
+        return (n, 3, 224, 224)
+    return (n, *data.images.shape[1:])
 
 
 def test_batch_size(datasets, batch_size):

@@ -6,22 +6,66 @@ import warnings
 import torch
 
 from .cli import UsageError
+from .distributed import all_gather_objects, world
 from .files import Interrupted, WriteError, atomic_torch_save, safe_load
 from .samples import name_list
 
 
-def rng_state():
-    """The generators the runs draw from: torch's (initialisation, dropout) and CUDA's."""
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def _generators(model):
+    """The random generators a model owns (stochastic depth's survival draws), by module name."""
+    return {name: m.random_generator for name, m in model.named_modules()
+            if isinstance(getattr(m, "random_generator", None), torch.Generator)}
 
 
-def set_rng_state(state):
+def rng_state(model):
+    """Every process's generators, as a list indexed by rank: torch's (initialisation, dropout),
+    CUDA's on this process's device, and the model's own (``_generators``). Gathered from all
+    processes, since only rank 0 writes the checkpoint."""
+    state = {"torch": torch.get_rng_state(),
+             "generators": {name: g.get_state() for name, g in _generators(model).items()}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
+    return {"processes": all_gather_objects(state)}
+
+
+def set_rng_state(state, model):
+    """Restore this process's part of ``rng_state``'s record. A record of another number of
+    processes is refused by ``check_same_processes`` before anything is written; one of an older
+    version (a single process, CUDA's state of every device) gives each device its own."""
+    if "processes" in state:
+        rank, size = world()
+        if len(state["processes"]) != size:
+            raise UsageError(f"the checkpoint holds the random state of {len(state['processes'])} "
+                             f"processes, this run has {size}")
+        state = state["processes"][rank]
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        saved = state["cuda"]
+        if isinstance(saved, (list, tuple)):  # older record: every visible device's
+            index = torch.cuda.current_device()
+            saved = saved[index] if index < len(saved) else None
+        if saved is not None:
+            torch.cuda.set_rng_state(saved, torch.cuda.current_device())
+    own = _generators(model)
+    for name, g in state.get("generators", {}).items():
+        if name in own:
+            own[name].set_state(g)
+
+
+def check_same_processes(path, ckpt):
+    """--resume with the number of processes the checkpoint was written by, or one line: each
+    process continues its own random streams (and a DataLoader's shard), which another number of
+    processes cannot."""
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("rng"), dict)):
+        return
+    saved = len(ckpt["rng"].get("processes", [None]))
+    here = int(os.environ.get("WORLD_SIZE", "1"))
+    if saved != here:
+        launch = (f"torchrun --nproc_per_node {saved} (or nodes x processes = {saved})"
+                  if saved > 1 else "python, without torchrun")
+        raise UsageError(f"--resume: {path} was written by {saved} process"
+                         f"{'es' if saved > 1 else ''} and this run has {here}; each process "
+                         f"continues its own random streams, so resume it with {launch}")
 
 
 def checkpoint_state(epoch, model, stateful, train_loader, best_prec1, results, identity):
@@ -29,7 +73,7 @@ def checkpoint_state(epoch, model, stateful, train_loader, best_prec1, results, 
     ``state_dict()`` (optimizer, scheduler, scaler, P-BFGS); ``identity``: what defines the run
     (``check_same_run``)."""
     state = {"epoch": epoch, "run": identity, "model": model.state_dict(),
-             "loader_rng": train_loader.generator.get_state(), "rng": rng_state(),
+             "loader_rng": train_loader.generator.get_state(), "rng": rng_state(model),
              "loader_epoch": getattr(train_loader, "epoch", None),
              "best_prec1": best_prec1, "results": results.data["epochs"],
              "results_start": results.data.get("start")}
@@ -45,17 +89,41 @@ def find_resume_checkpoint(resume, save_dir, name):
     return path
 
 
+def checkpoint_kind(ckpt):
+    """What a file read as a checkpoint holds: "run" (a checkpoint of these scripts), "authors"
+    (the authors' checkpoint_refine_E.th or model.th: "state_dict", the epoch, the best Prec@1),
+    "weights" (a bare state dict: a sample or a final model), or None (none of these)."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        return "run"
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+        return "authors"
+    if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        return "weights"
+    return None
+
+
+def describe_file(ckpt, path):
+    """How a refusal names what ``path`` (read as ``ckpt``) is."""
+    kind, name = checkpoint_kind(ckpt), os.path.basename(path)
+    if kind == "weights":
+        stem = name[:-3] if name.endswith(".pt") else ""
+        return (f"a sample of the trajectory (the weights after epoch {stem})" if stem.isdigit()
+                else "model weights only (a final model such as TWA.pt, PSGD.pt or SWA.pt)")
+    if kind == "authors":
+        return ("a checkpoint of the authors' scripts, which records no run to check against "
+                "this one")
+    if kind == "run":
+        return "a checkpoint of these scripts"
+    return "neither a checkpoint nor a model state dict"
+
+
 def checkpoint_weights(ckpt, path):
     """The model state dict inside a checkpoint: ours ("model"), the authors' ("state_dict", keys
     prefixed 'module.' by DataParallel), or a bare state dict (a sample or a final model)."""
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
-        state = ckpt["model"]
-    elif isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
-        state = ckpt["state_dict"]
-    elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
-        state = ckpt
-    else:
+    kind = checkpoint_kind(ckpt)
+    if kind is None:
         raise UsageError(f"{path}: neither a checkpoint nor a model state dict")
+    state = ckpt["model"] if kind == "run" else ckpt["state_dict"] if kind == "authors" else ckpt
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
@@ -75,7 +143,8 @@ def load_strictly(model, state, path):
 
 
 def load_weights(path, model):
-    """``-e --resume PATH``: the weights of any checkpoint or state dict into ``model``."""
+    """``-e --resume PATH`` and ``--resume-weights PATH``: the weights of any checkpoint or state
+    dict into ``model``."""
     load_strictly(model, checkpoint_weights(safe_load(path), path), path)
 
 
@@ -90,7 +159,8 @@ def fast_forward(scheduler, epochs):
 
 # How a difference in a run's identity is named: its flag (a dest's own spelling otherwise)
 _FLAGS = {"batch_size": "--batch-size", "weight_decay": "--weight-decay", "adam_lr": "--adam-lr",
-          "train_start": "--train-start", "method": "the script"}
+          "train_start": "--train-start", "method": "the script",
+          "resumed_from_weights": "--resume-weights"}
 
 
 def check_same_run(path, ckpt, identity, epochs=None):
@@ -98,10 +168,14 @@ def check_same_run(path, ckpt, identity, epochs=None):
     (what defines the run: data, samples and their fingerprint, basis, start, the method's
     settings) must equal the checkpoint's record, and --epochs must reach its epoch. A
     checkpoint of the authors' scripts records nothing to compare; one of an older version of
-    these scripts is noted."""
+    these scripts is noted. A run started with --resume-weights continues without it: the
+    checkpoint's record of those weights joins ``identity``."""
     if not (isinstance(ckpt, dict) and "model" in ckpt):
         return
     recorded = ckpt.get("run")
+    if isinstance(recorded, dict) and "resumed_from_weights" not in identity \
+            and "resumed_from_weights" in recorded:
+        identity["resumed_from_weights"] = recorded["resumed_from_weights"]
     if recorded is None:
         print(f"=> note: {path} predates run records, so it cannot be checked to be this run's; "
               "resuming it as it is", flush=True)
@@ -121,10 +195,28 @@ def check_same_run(path, ckpt, identity, epochs=None):
                          f">= {done} to continue it")
 
 
-def load_resume(resume, save_dir, name):
-    """--resume: (path, the checkpoint read from it) of the checkpoint to continue."""
+def load_resume(resume, save_dir, name, authors=False):
+    """--resume: (path, the checkpoint read from it) of the checkpoint to continue: one of these
+    scripts' (check_same_run then says whether it is this run's), or with ``authors`` (train_sgd.py,
+    whose trajectory theirs continues) the authors' checkpoint_refine_E.th. Anything else (a
+    sample, a final model) is refused, naming what it is: --resume-weights starts from it."""
     path = find_resume_checkpoint(resume, save_dir, name)
-    return path, safe_load(path)
+    ckpt = safe_load(path)
+    kind = checkpoint_kind(ckpt)
+    if kind == "run" or (kind == "authors" and authors):
+        return path, ckpt
+    instead = (f"; to start a new run from its weights, use --resume-weights {path}"
+               if kind is not None else "")
+    raise UsageError(f"--resume: {path} holds {describe_file(ckpt, path)}, not a checkpoint of "
+                     f"this script to continue ({name}){instead}")
+
+
+def load_start_weights(path):
+    """--resume-weights PATH: (path, the model state dict in it), read before anything is
+    written; any checkpoint or state dict."""
+    if not os.path.isfile(path):
+        raise UsageError(f"--resume-weights: no file at {path}")
+    return path, checkpoint_weights(safe_load(path), f"--resume-weights {path}")
 
 
 def resume_run(path, ckpt, model, stateful, train_loader, results):
@@ -135,14 +227,14 @@ def resume_run(path, ckpt, model, stateful, train_loader, results):
     the best Prec@1 only: those are restored and the schedule stepped to the epoch; the optimizer,
     the data order and the random generators start afresh, as in the authors' --resume.
     """
-    if not (isinstance(ckpt, dict) and "model" in ckpt):
+    if checkpoint_kind(ckpt) == "authors":  # load_resume let it through: train_sgd.py's
         load_strictly(model, checkpoint_weights(ckpt, path), path)
-        epoch = int(ckpt.get("epoch", 0)) if isinstance(ckpt, dict) else 0
+        epoch = int(ckpt.get("epoch", 0))
         if "scheduler" in stateful:
             fast_forward(stateful["scheduler"], epoch)
         print(f"=> resumed from {path} after epoch {epoch}: a checkpoint without optimizer, data "
               "order or random state (the authors' format), which start afresh", flush=True)
-        return epoch, float(ckpt.get("best_prec1", 0.0)) if isinstance(ckpt, dict) else 0.0
+        return epoch, float(ckpt.get("best_prec1", 0.0))
     load_strictly(model, ckpt["model"], path)
     for name, obj in stateful.items():
         try:
@@ -153,7 +245,7 @@ def resume_run(path, ckpt, model, stateful, train_loader, results):
     train_loader.generator.set_state(ckpt["loader_rng"])
     if hasattr(train_loader, "epoch"):  # a DistributedSampler's order depends on the epoch
         train_loader.epoch = ckpt.get("loader_epoch", ckpt["epoch"])
-    set_rng_state(ckpt["rng"])
+    set_rng_state(ckpt["rng"], model)
     results.data["epochs"] = ckpt["results"]
     if ckpt.get("results_start") is not None:
         results.data["start"] = ckpt["results_start"]

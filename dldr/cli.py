@@ -170,7 +170,13 @@ def add_common_arguments(parser, *, arch, epochs, lr, batch_size, workers=4):
                    type=positive_int, metavar="N",
                    help="train_sgd.py also keeps a full checkpoint every N epochs (default: 10)")
     p.add_argument("--resume", nargs="?", const="auto", default="", metavar="PATH",
-                   help="resume from PATH, or with no PATH from the save dir's last checkpoint")
+                   help="resume from PATH, or with no PATH from the save dir's last checkpoint "
+                        "(this script's own checkpoint only: a sample or a final model is refused)")
+    p.add_argument("--resume-weights", "--resume_weights", dest="resume_weights", default=None,
+                   metavar="PATH",
+                   help="start a new run from the weights in PATH (a sample, a final model such as "
+                        "TWA.pt, any checkpoint); optimizer, schedule and data order start afresh, "
+                        "and the results record it")
     p.add_argument("-e", "--evaluate", action="store_true",
                    help="only evaluate the starting model (with --resume PATH: the checkpoint's) "
                         "on the test set")
@@ -179,6 +185,10 @@ def add_common_arguments(parser, *, arch, epochs, lr, batch_size, workers=4):
                         "accepted and without effect for the CIFAR architectures, as the authors'")
     p.add_argument("--half", action="store_true",
                    help="fp16 autocast with loss scaling on CUDA (the authors' flag)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="repeatable on a GPU too, run to run and across a resume: cuDNN's and "
+                        "torch's deterministic algorithms, no cuDNN autotuning (slower on a GPU; "
+                        "CPU runs repeat without it)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (with CUDA graphs on CUDA: mode reduce-overhead)")
     p.add_argument("--compile-mode", default=None, metavar="MODE",
@@ -206,6 +216,9 @@ def add_sample_arguments(parser, *, params_end=51):
                    metavar="TAG",
                    help="suffix for this run's output files, so several subspace runs can share one "
                         "save dir (e.g. TAG=k5 writes results_psgd_k5.json, PSGD_k5.pt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of a finished (or resumable) run with the same outputs "
+                        "in --save-dir, which are refused otherwise")
     return p
 
 
@@ -272,6 +285,8 @@ class SubspaceOptions:
     batch_size: int = None
     print_freq: int = None
     resume: str = None
+    resume_weights: str = None
+    overwrite: bool = False
     evaluate: bool = False
     half: bool = False
     randomseed: int = None
@@ -294,6 +309,7 @@ class SubspaceOptions:
     train_start: object = None
     basis_file: str = None
     bn_reestimate: bool = False
+    deterministic: bool = False
     output_tag: str = None
     arguments: dict = None
 

@@ -36,6 +36,25 @@ def init_distributed(device):
     return device
 
 
+def seed_processes(seed):
+    """Under torchrun, once the model is built (the same weights in every process): every
+    process but rank 0 reseeds torch's generators (CPU and CUDA) from ``seed`` and its rank, so
+    that its draws (dropout) are its own; rank 0 keeps the stream one process would have."""
+    rank, size = world()
+    if size > 1 and rank > 0:
+        torch.manual_seed((seed + 1_000_003 * rank) % 2 ** 63)
+
+
+def all_gather_objects(obj):
+    """[every process's ``obj``] by rank ([obj] in a single process)."""
+    rank, size = world()
+    if size == 1:
+        return [obj]
+    gathered = [None] * size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def all_reduce_sum_(tensor):
     """Sum ``tensor`` over the processes in place; nothing to do in a single process."""
     if world()[1] > 1:
@@ -43,16 +62,15 @@ def all_reduce_sum_(tensor):
     return tensor
 
 
-def global_batch_share(n_local, device):
-    """n_local / n_global: this process's share of the global batch (1.0 in one process).
+def global_batch_share(loader, i, n_local):
+    """This process's share of global batch ``i`` of ``loader`` that holds ``n_local`` of its
+    images (1.0 in one process), from sizes known on the host (``loader.global_batch_size``): no
+    transfer to the device, no collective.
 
     A process's mean loss times its share, summed over the processes, is the mean loss of the
     global batch, even when the processes hold unequal parts of it (the last batch of an epoch).
     """
-    if world()[1] == 1:
-        return 1.0
-    total = all_reduce_sum_(torch.tensor([float(n_local)], dtype=torch.float64, device=device))
-    return n_local / total[0]
+    return 1.0 if world()[1] == 1 else n_local / loader.global_batch_size(i)
 
 
 class _DifferentiableAllReduce(torch.autograd.Function):
@@ -127,14 +145,51 @@ def sync_batchnorm(model, device):
     return model
 
 
-def distributed_model(model, device):
+def unused_parameters(model, input_shape):
+    """Names of the trainable parameters that a training forward of ``model`` on a batch of
+    ``input_shape`` leaves out of the graph (e.g. nasnet's unused adapters), found on the meta
+    device: no memory, no computation, no random draw. BatchNorm layers run in eval mode there
+    (no collective of SyncBatchNorm); their parameters are used in both modes."""
+    from torch.func import functional_call
+    params = {n: torch.empty_like(p, device="meta").requires_grad_() for n, p in
+              model.named_parameters() if p.requires_grad}
+    buffers = {n: torch.empty_like(b, device="meta") for n, b in model.named_buffers()}
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.training]
+    for m in norms:
+        m.eval()
+    try:
+        out = functional_call(model, {**params, **buffers},
+                              (torch.empty(input_shape, device="meta"),))
+    finally:
+        for m in norms:
+            m.train()
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    grads = torch.autograd.grad(out.float().sum(), list(params.values()), allow_unused=True)
+    return [n for n, g in zip(params, grads) if g is None]
+
+
+def distributed_model(model, device, input_shape):
     """DistributedDataParallel around ``model`` under torchrun (gradients averaged over the
-    processes during backward); the model itself otherwise."""
+    processes during backward); the model itself otherwise.
+
+    DDP must be told when a step may leave parameters without gradient: always for a network
+    whose layers drop branches at random (``drops_branches``, stochastic depth: every process
+    drops the same ones), and when a meta-device forward of ``input_shape`` (a batch) leaves some
+    out. Otherwise its cheaper default stays.
+    """
     if world()[1] == 1:
         return model
     ddp = torch.nn.parallel.DistributedDataParallel
+    dynamic = any(getattr(m, "drops_branches", False) for m in model.modules())
+    unused = [] if dynamic else unused_parameters(model, input_shape)
+    if dynamic or unused:
+        print("=> DDP finds unused parameters at every step: "
+            + ("some blocks are dropped at random (stochastic depth)" if dynamic else
+               f"{len(unused)} parameter tensors take no part in a forward"), flush=True)
     # BatchNorm buffers already agree (statistics are global): no broadcast before each forward.
     # The option's name changed in recent torch versions.
     key = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
            else "broadcast_buffers")
-    return ddp(model, device_ids=[device] if device.type == "cuda" else None, **{key: False})
+    return ddp(model, device_ids=[device] if device.type == "cuda" else None,
+               find_unused_parameters=bool(dynamic or unused), **{key: False})

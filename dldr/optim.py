@@ -102,6 +102,34 @@ def _check_basis_shape(basis, dim):
         raise ValueError(f"basis has {d} columns, the parameters {dim} numbers")
 
 
+def _compute_dtype(basis, params, *, held=False):
+    """The dtype that the projection is computed in: the basis's and the parameters' promoted,
+    at least float32, so that a 16-bit side neither overflows (a float16 square of a large
+    gradient) nor needs a matching partner (addmv takes one dtype); float32 with float32 is left
+    as it is. ``held`` (PBFGS, which copies the basis once into this dtype and device): the
+    parameters' dtype, at least float32, whatever the basis's. Also the device check: the
+    parameters on one device, the basis on it too unless ``held``; TypeError/ValueError naming
+    what differs."""
+    dtypes = {p.dtype for p in params}
+    odd = sorted(str(t) for t in dtypes if not t.is_floating_point)
+    if odd:
+        raise TypeError(f"parameters of dtype {', '.join(odd)}: the subspace methods take real "
+                        f"floating-point parameters (the basis is {basis.dtype})")
+    devices = {p.device for p in params}
+    if len(devices) != 1:
+        raise ValueError("the parameters are on several devices "
+                         f"({', '.join(sorted(map(str, devices)))}): the subspace couples all of "
+                         "them, put them on one")
+    device, = devices
+    if basis.device != device and (not held or "meta" in (basis.device.type, device.type)):
+        raise ValueError(f"the basis is on {basis.device}, the parameters on {device}: move the "
+                         f"basis there (basis.to({str(device)!r}))")
+    dtype = torch.float32
+    for t in (*dtypes, *(() if held else (basis.dtype,))):
+        dtype = torch.promote_types(dtype, t)
+    return dtype
+
+
 @torch.no_grad()
 def _check_basis_values(basis, tolerance):
     """The O(k D) and O(k^2 D) checks: finite entries and max |P P^T - I| <= ``tolerance``. The
@@ -126,15 +154,21 @@ def _check_basis_values(basis, tolerance):
 _checked_bases = {}  # (data_ptr, _version, shape, stride, dtype, device) -> weakref to the tensor
 
 
+def _version(tensor):
+    """The tensor's version counter (bumped by in-place writes); None for an inference tensor,
+    which keeps none."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
+
+
 def _check_basis_once(basis):
     """``_check_basis_values`` for a basis not already checked at its current contents: the key is
     its memory, its version counter (bumped by in-place writes) and its layout, and the entry
     counts only while a tensor that passed is alive (so that freed memory reused by a new tensor
     is checked again)."""
-    try:
-        version = basis._version
-    except RuntimeError:  # an inference tensor keeps no version counter: check every time
-        version = None
+    version = _version(basis)  # None (an inference tensor): checked every time
     key = (basis.data_ptr(), version, tuple(basis.shape), basis.stride(), basis.dtype,
            basis.device)
     ref = _checked_bases.get(key)
@@ -157,15 +191,22 @@ def project_gradients_(params, basis):
     ``basis`` is checked as PBFGS's is (ValueError): a floating-point (k, D) tensor, 0 < k <= D, D
     the parameters' total size, finite, with rows orthonormal to max |P P^T - I| <= 1e-8 (float64),
     1e-4 (float32) or 1e-2 (16-bit types). The shape is checked every call; the O(k^2 D) rest once
-    per basis tensor and contents (it is redone after an in-place change of the basis).
+    per basis tensor and contents (it is redone after an in-place change of the basis, which bumps
+    its version counter; a write through ``basis.data`` or a NumPy view does not, and is not seen).
+    The basis may have any floating-point dtype, the parameters any real floating-point dtype: the
+    projection is computed in the two promoted, at least float32 (float32 with float32: as is), and
+    written back in the gradients' dtype. The basis must be on the parameters' device (ValueError
+    naming both); parameters that are not real floating point raise TypeError.
     """
     params = list(params)
     _check_basis_shape(basis, sum(p.numel() for p in params))
+    dtype = _compute_dtype(basis, params)
     _check_basis_once(basis)
     span = _contiguous_span([p.grad for p in params])
-    grad = span if span is not None else _gradient_vector(params).to(basis.dtype)
-    coords = distributed.all_reduce_sum_(basis @ grad)
-    projected = basis.T @ coords
+    grad = (span if span is not None else _gradient_vector(params)).to(dtype)  # no copy: same
+    P = basis.to(dtype)                                                        # dtype
+    coords = distributed.all_reduce_sum_(P @ grad)
+    projected = P.T @ coords
     if span is not None:
         span.copy_(projected)
         return
@@ -223,6 +264,7 @@ class PBFGS(torch.optim.Optimizer):
        at most max_search tries, the last shrunken step taken anyway; the closure is called under
        ``torch.no_grad()`` and ``buffers`` are restored after every try (as the authors' reload
        from disk did). ``search_steps`` lists each step's shrinks (max_search: no try accepted).
+       With ``recompute_reference`` f0 is the loss of one more such call at w, before the tries.
     5. apply: w <- w + P^T s; with alpha > 0 also w <- w - alpha m, m <- gamma m + (g - P^T g_k)
        (m = g - P^T g_k at the first step), a momentum of the gradient outside the subspace.
 
@@ -240,8 +282,12 @@ class PBFGS(torch.optim.Optimizer):
         params (iterable): the parameters to optimize (one group), D numbers in all.
         basis (Tensor): (k, D) floating-point tensor with 0 < k <= D, finite, its rows orthonormal
             to max |P P^T - I| <= 1e-8 for float64, 1e-4 for float32, 1e-2 for 16-bit types (the
-            looser of the basis's and the parameters' dtypes); checked once, here. It is held in
-            the first parameter's device and dtype.
+            looser of the basis's and the parameters' dtypes); checked here, and again at a step
+            after an in-place change of the held tensor (its version counter). It is held in the
+            parameters' dtype, at least float32 (float16 and bfloat16 parameters: the step is
+            computed in float32 and rounded once into them), on their device (copied there; a
+            basis or parameters on 'meta' are refused, naming both devices). Parameters that
+            are not real floating point raise TypeError.
         buffers (iterable, optional): tensors restored after every line-search try and when a
             step is refused, e.g. ``model.buffers()`` (BatchNorm statistics) (default: ())
         sigma (float, optional): Armijo's sufficient-decrease factor, in (0, 1) (default: 0.4)
@@ -252,10 +298,19 @@ class PBFGS(torch.optim.Optimizer):
         gamma (float, optional): factor of that momentum, in [0, 1) (default: 0.9)
         curvature_eps (float, optional): H is updated only when y^T s exceeds it, >= 0
             (default: 1e-20)
+        recompute_reference (bool, optional): compare the line search's tries with f0 computed
+            again as they are, by a closure call under ``torch.no_grad()`` at the step's start
+            (``buffers`` restored after it), instead of the gradient pass's loss: one more
+            forward per step, for autocast (bf16) and torch.compile, where the gradient and the
+            no-grad passes go through different kernels whose rounding differences can exceed
+            sigma g_k^T s late in training and shrink good steps (default: False)
     """
 
     def __init__(self, params, basis, buffers=(), *, sigma=0.4, shrink=0.4, max_search=20,
-                 alpha=0.0, gamma=0.9, curvature_eps=1e-20):
+                 alpha=0.0, gamma=0.9, curvature_eps=1e-20, recompute_reference=False):
+        if not isinstance(recompute_reference, bool):
+            raise ValueError(f"recompute_reference must be True or False, got "
+                             f"{recompute_reference!r}")
         if not 0.0 < _real("sigma", sigma) < 1.0:
             raise ValueError(f"sigma must be in (0, 1), got {sigma!r}")
         if not 0.0 < _real("shrink", shrink) < 1.0:
@@ -275,10 +330,21 @@ class PBFGS(torch.optim.Optimizer):
         if len(self.param_groups) != 1:
             raise ValueError("PBFGS takes one parameter group: the subspace couples all parameters")
         _check_basis_shape(basis, sum(p.numel() for p in self._params))
-        first = self._params[0]
-        self.basis = basis.to(device=first.device, dtype=first.dtype)
-        _check_basis_values(self.basis, _orthonormality_tolerance(basis.dtype, self.basis.dtype))
+        dtype = _compute_dtype(basis, self._params, held=True)
+        self.basis = basis.to(device=self._params[0].device, dtype=dtype)
+        self._basis_tolerance = _orthonormality_tolerance(basis.dtype,
+                                                          *(p.dtype for p in self._params))
+        self._check_basis()
         self._buffers = list(buffers)
+        self.recompute_reference = recompute_reference
+
+    def _check_basis(self):
+        """The O(k^2 D) check of the held basis, noted with its version counter: a step after an
+        in-place change of ``self.basis`` (or of the tensor passed in, when it is held as it is)
+        checks it again."""
+        tolerance = getattr(self, "_basis_tolerance", None)  # None: pickled before it was kept
+        _check_basis_values(self.basis, tolerance or _orthonormality_tolerance(self.basis.dtype))
+        self._basis_version = _version(self.basis)
 
     @property
     def _params(self):
@@ -286,7 +352,9 @@ class PBFGS(torch.optim.Optimizer):
 
     def __getstate__(self):
         # torch.optim keeps defaults, state and param_groups; the basis and buffers travel too
-        return {**super().__getstate__(), "basis": self.basis, "_buffers": self._buffers}
+        return {**super().__getstate__(), "basis": self.basis, "_buffers": self._buffers,
+                "_basis_tolerance": self._basis_tolerance,
+                "recompute_reference": self.recompute_reference}
 
     def load_state_dict(self, state_dict):
         k, dim = self.basis.shape
@@ -345,6 +413,20 @@ class PBFGS(torch.optim.Optimizer):
         """The global batch's loss: the sum of the processes' contributions, on the device."""
         return distributed.all_reduce_sum_(loss.detach().clone())
 
+    @staticmethod
+    def _checked(loss, pass_name, undo):
+        """The closure's result, if it is a one-element floating-point tensor; else TypeError,
+        saying what it returned, after ``undo()`` (the weights and buffers put back)."""
+        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1
+                and loss.is_floating_point()):
+            undo()
+            what = (f"a {loss.dtype} tensor of shape {tuple(loss.shape)}"
+                    if isinstance(loss, torch.Tensor) else f"{type(loss).__name__} {loss!r:.40}")
+            raise TypeError(f"P-BFGS: the closure returned {what} in the {pass_name} pass; it "
+                            "must return the loss as a one-element floating-point tensor (not "
+                            ".item(), not a list of losses)")
+        return loss
+
     def _check_finite(self, loss, grad, gk, before):
         """The global loss as a float, read with the finiteness of the gradient in one host sync;
         NonFiniteError (the buffers restored to ``before``) when either is nan or inf."""
@@ -381,6 +463,9 @@ class PBFGS(torch.optim.Optimizer):
 
         Raises:
             NonFiniteError: the loss or the gradient is nan or inf; nothing was changed.
+            TypeError: the closure returned no one-element floating-point tensor (the weights
+                and buffers put back).
+            ValueError: the held basis, changed in place, is no longer orthonormal.
         """
         group = self.param_groups[0]
         sigma, shrink, max_search = group["sigma"], group["shrink"], group["max_search"]
@@ -389,11 +474,20 @@ class PBFGS(torch.optim.Optimizer):
         trainable = [p.requires_grad for p in self._params]  # at the time of this step
         before = [b.clone() for b in self._buffers]  # put back if the step is refused
 
+        if _version(P) != getattr(self, "_basis_version", None):  # changed in place (or copied)
+            self._check_basis()
+        w0 = self._gather_flat_weights().to(P.dtype)  # 16-bit parameters: float32 (no-op else)
+
+        def undo():  # before raising: the weights and buffers as they were
+            self._set_weights(w0, trainable)
+            self._restore(before)
+
         # gradient
         with torch.enable_grad():
             loss = closure()
+        loss = self._checked(loss, "gradient", undo)
         total = self._global(loss)
-        grad = _gradient_vector(self._params, trainable)
+        grad = _gradient_vector(self._params, trainable).to(P.dtype)
         if alpha != 0:  # the residual momentum needs the whole summed gradient: D numbers
             distributed.all_reduce_sum_(grad)
         gk = P @ grad
@@ -401,6 +495,11 @@ class PBFGS(torch.optim.Optimizer):
             distributed.all_reduce_sum_(gk)
         residual = grad - P.T @ gk if alpha != 0 else None
         loss_value = self._check_finite(total, grad, gk, before)
+        saved = [b.clone() for b in self._buffers]  # put back after every try
+        if getattr(self, "recompute_reference", False):  # f0 as the tries compute theirs
+            reference = self._global(self._checked(closure(), "reference", undo))
+            self._restore(saved)
+            loss_value = self._check_finite(reference, grad, gk, before)
         state = self._state()
 
         # H update
@@ -418,12 +517,10 @@ class PBFGS(torch.optim.Optimizer):
         descent = torch.dot(gk, direction).item()
 
         # Armijo backtracking
-        w0 = self._gather_flat_weights()
-        saved = [b.clone() for b in self._buffers]
         step, shrinks = direction, 0
         while shrinks < max_search:
             self._set_weights(torch.addmv(w0, P.T, step), trainable)
-            trial = self._global(closure()).item()
+            trial = self._global(self._checked(closure(), "line-search", undo)).item()
             self._restore(saved)
             if trial < loss_value + sigma * descent:
                 break

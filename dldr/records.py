@@ -2,6 +2,7 @@
 (noisy_labels.json) and the per-epoch results (results_*.json)."""
 import datetime
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -19,16 +20,58 @@ NOISE_RECORD = "noisy_labels.json"
 
 @functools.lru_cache(maxsize=None)  # asked by run.json and every results file: two git calls once
 def git_commit():
-    here = os.path.dirname(os.path.abspath(__file__))
+    return commit_of(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def commit_of(project):
+    """The git commit of the code in ``project`` (the folder holding dldr/), "-dirty" when it has
+    uncommitted changes; None when ``project`` is not the top level of its own repository (an
+    installed copy inside another repository would otherwise take that repository's commit)."""
+    git = lambda *a: subprocess.run(["git", "-C", project, *a], capture_output=True,  # noqa: E731
+                                    text=True, timeout=5).stdout.strip()
     try:
-        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        commit = out.stdout.strip()
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        top = git("rev-parse", "--show-toplevel")
+        if not top or os.path.realpath(top) != os.path.realpath(project):
+            return None
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
         return commit + ("-dirty" if dirty else "") if commit else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def samples_fingerprint(save_dir, epochs, digests=None):
+    """SHA-256 over the sample files ``E.pt`` of ``epochs`` in ``save_dir``, their numbers and
+    contents (trajectory.Trajectory.fingerprint's, for any list of epochs); ``digests`` (a dict)
+    caches each file's own digest across calls. Raises OSError for a missing sample."""
+    total = hashlib.sha256()
+    for epoch in epochs:
+        path = os.path.join(save_dir, f"{epoch}.pt")
+        if digests is None or path not in digests:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    digest.update(chunk)
+            if digests is None:
+                digests = {}
+            digests[path] = digest.digest()
+        total.update(f"{epoch}:".encode())
+        total.update(digests[path])
+    return total.hexdigest()
+
+
+def stale_reason(save_dir, record, digests=None):
+    """Why a results file's ``sample_fingerprint`` record (the samples it was made from) does not
+    match the samples now in ``save_dir``, or None when it does (or records none: older files)."""
+    if not isinstance(record, dict) or "epochs" not in record:
+        return None
+    epochs = record["epochs"]
+    try:
+        if samples_fingerprint(save_dir, epochs, digests) == record.get("sha256"):
+            return None
+    except OSError:
+        return f"its samples {epochs[0]}..{epochs[-1]} are no longer all in {save_dir}"
+    return f"made from other samples {epochs[0]}..{epochs[-1]} than those now in {save_dir}"
 
 
 def provenance(arguments, num_classes):

@@ -2,6 +2,7 @@
 every epoch's checkpoint before its sample and results, the signal-safe stop, the final
 evaluations and the end-of-run lines; and ``run_main``, the scripts' entry point."""
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -10,12 +11,15 @@ import time
 from typing import NamedTuple
 
 from . import files
-from .checkpoints import RunState, check_same_run, checkpoint_state, load_resume, resume_run
+from .checkpoints import (RunState, check_same_processes, check_same_run, checkpoint_state,
+                          load_resume, load_start_weights, load_strictly, resume_run)
 from .cli import UsageError
 from .distributed import is_main_process
 from .files import OutputLock, atomic_torch_save, make_dir
 from .progress import EpochProgress, NonFiniteLoss, format_eta, log
+from .records import samples_fingerprint
 from .samples import available_samples, save_model, save_sample
+from .training import peak_memory_bytes, reset_peak_memory
 
 
 class Outputs(NamedTuple):
@@ -34,6 +38,44 @@ class Outputs(NamedTuple):
         return ", ".join(names[:-1]) + f" and {names[-1]}"
 
 
+def samples_used(trajectory, start=None):
+    """What a results file records of the samples it was made from (``sample_fingerprint``): their
+    epochs (the trajectory's, and a --train-start sample outside it) and their SHA-256, which
+    the readers (summarize.py, plot_results.py) compare with the samples in the folder now."""
+    epochs = list(trajectory.epochs)
+    if start is None or start == "mean" or start in epochs:
+        return {"epochs": epochs, "sha256": trajectory.fingerprint()}
+    epochs.append(start)
+    return {"epochs": epochs, "sha256": samples_fingerprint(trajectory.save_dir, epochs)}
+
+
+def finished_run(save_dir, outputs):
+    """What of ``outputs`` in ``save_dir`` a new run would replace: "finished" (its results file
+    has a final evaluation), "unfinished" (no final evaluation, but a checkpoint to resume), or
+    None (nothing to lose: no results, or results of a run stopped before its first checkpoint)."""
+    try:
+        with open(os.path.join(save_dir, outputs.results)) as f:
+            if "final" in json.load(f):
+                return "finished"
+    except (OSError, ValueError, TypeError):
+        pass  # none, or unreadable: the checkpoint decides
+    return "unfinished" if os.path.isfile(os.path.join(save_dir, outputs.checkpoint)) else None
+
+
+def refuse_replacing(save_dir, outputs, resumable=True):
+    """A new run (no --resume, no --overwrite) must not replace a finished or resumable run's
+    files: one line saying what is there and the flags that continue or replace it."""
+    state = finished_run(save_dir, outputs)
+    if state is None:
+        return
+    held = (f"a finished run ({outputs.describe()})" if state == "finished" else
+            f"an unfinished run ({outputs.checkpoint} holds it)")
+    keep = ("pass --resume to continue it" if state == "unfinished" else
+            "pass --resume with more --epochs to extend it") if resumable else ""
+    raise UsageError(f"--save-dir {save_dir} already holds {held}; {keep + ', ' if keep else ''}"
+                     "pass --overwrite to replace it, or use another --output-tag or --save-dir")
+
+
 SGD_OUTPUTS = Outputs("results_sgd.json", None, "checkpoint.pt", "sgd",
                       "samples, checkpoint.pt and results_sgd.json")
 
@@ -50,16 +92,32 @@ class Run:
     """
 
     def __init__(self, save_dir, outputs, identity, *, resume=None, epochs=None, evaluating=False,
-                 sample_dir=None, keep_every=None):
+                 sample_dir=None, keep_every=None, overwrite=False, resume_weights=None,
+                 fingerprint=None):
         self.save_dir, self.outputs, self.identity = save_dir, outputs, identity
         self.sample_dir, self.keep_every = sample_dir, keep_every
+        self.overwrite, self.fingerprint = overwrite, fingerprint
         self.lock = OutputLock(save_dir, outputs.lock, outputs.describe())
-        self.resume = None  # (path, checkpoint) to continue
+        self.resume = self.weights = None  # (path, checkpoint) to continue; (path, state) to start
+        if resume and overwrite:
+            raise UsageError("--resume and --overwrite contradict each other; choose one")
+        if resume_weights and (resume or evaluating):
+            raise UsageError("--resume-weights starts a new run from a file's weights: not with "
+                             + ("--resume, which continues a run; choose one" if resume else
+                                "-e, which evaluates --resume PATH's weights"))
         if not evaluating:
             self.lock.check()
             if resume:
-                self.resume = load_resume(resume, save_dir, outputs.checkpoint)
+                # The authors' checkpoints continue their SGD trajectory only (train_sgd.py)
+                self.resume = load_resume(resume, save_dir, outputs.checkpoint,
+                                          authors=sample_dir is not None)
                 check_same_run(*self.resume, identity, epochs)
+                check_same_processes(*self.resume)
+            elif not overwrite and sample_dir is None:  # train_sgd.py: its samples say it
+                refuse_replacing(save_dir, outputs)
+            if resume_weights:
+                self.weights = load_start_weights(resume_weights)
+                identity["resumed_from_weights"] = resume_weights
         self.state = RunState(os.path.join(save_dir, outputs.checkpoint))
         self.epoch, self.best_prec1, self.resumed = 0, 0.0, False
 
@@ -74,7 +132,19 @@ class Run:
             self.epoch, self.best_prec1 = resume_run(*self.resume, model, stateful, train_loader,
                                                      results)
             self.resume, self.resumed = None, True  # the checkpoint's memory is free again
+        elif self.weights is not None:
+            path, state = self.weights
+            load_strictly(model, state, f"--resume-weights {path}")
+            self.weights = None
+            log(f"=> starting from the weights of {path} (--resume-weights); the optimizer, "
+                "schedule and data order start afresh")
+        if self.fingerprint is not None:
+            results.data["sample_fingerprint"] = self.fingerprint
+        if "resumed_from_weights" in self.identity:
+            results.data["resumed_from_weights"] = self.identity["resumed_from_weights"]
         self.first_epoch = self.epoch
+        self.device = next(model.parameters()).device
+        reset_peak_memory(self.device)
         return self._writing()
 
     @contextlib.contextmanager
@@ -84,6 +154,8 @@ class Run:
         self.lock.acquire()
         try:
             with self.state.guard():
+                if self.overwrite and not self.resumed and is_main_process():
+                    remove_outputs(self.save_dir, self.outputs)
                 if self.resumed:
                     self.state.saved = self.epoch
                     if self.sample_dir and self.epoch not in available_samples(self.sample_dir):
@@ -142,6 +214,7 @@ class Run:
         """The final weights judged twice (the authors' way, and with BatchNorm statistics
         re-estimated, which the model keeps with ``keep_bn``), the results, the final model."""
         self.results.data["final"] = self.evaluator.twice("final", keep=keep_bn)
+        self.results.data["peak_memory_bytes"] = peak_memory_bytes(self.device)
         self.results.save()
         if self.outputs.model:
             save_model(self.model, os.path.join(self.save_dir, self.outputs.model))
@@ -152,16 +225,29 @@ class Run:
             f"{format_eta(time.time() - self.run_start)}, {where}")
 
 
+def remove_outputs(save_dir, outputs):
+    """--overwrite: the replaced run's results, final model and checkpoint go before the new run
+    writes, so that no file of the old run stays beside the new one's."""
+    for name in (outputs.results, outputs.model, outputs.checkpoint):
+        path = os.path.join(save_dir, name) if name else None
+        try:
+            if path and os.path.lexists(path):
+                os.unlink(path)
+        except OSError as e:
+            raise files.WriteError(f"{path}: cannot remove it ({e.strerror})") from None
+
+
 def resume_command(argv):
     """The command line that resumes a run started with ``argv``: from the save dir's checkpoint,
     whatever --resume PATH or --overwrite it was started with."""
-    args, skip = [], False
+    args, skip = [], 0
     for a in argv:
-        if skip and not a.startswith("-"):  # the path of a --resume PATH
-            skip = False
+        if skip == 2 or (skip == 1 and not a.startswith("-")):  # the PATH of --resume(-weights)
+            skip = 0
             continue
-        skip = a == "--resume"
-        if not (skip or a.startswith("--resume=") or a == "--overwrite"):
+        skip = 1 if a == "--resume" else 2 if a in ("--resume-weights", "--resume_weights") else 0
+        if not (skip or a.startswith(("--resume=", "--resume-weights=", "--resume_weights="))
+                or a == "--overwrite"):
             args.append(a)
     args.append("--resume")
     script = os.path.relpath(sys.argv[0]) if sys.argv[0].endswith(".py") else "SCRIPT.py"
@@ -174,11 +260,18 @@ def run_main(main, argv=None):
     exit status 2; a failed write one line and exit status 1; SIGINT and SIGTERM stop the run
     (after an atomic write in progress) with one line that says where it stopped and how to resume
     it, and exit status 130 or 143."""
+    import torch
     import torch.distributed as dist
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     previous = files.install_signal_handlers()
+    # --deterministic switches process-wide settings: a caller running several mains gets its own back
+    settings = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                torch.backends.cudnn.benchmark)
     try:
-        return main(argv)
+        result = main(argv)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every process done before any tears the group down (Gloo aborts)
+        return result
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -198,5 +291,7 @@ def run_main(main, argv=None):
         for s, handler in previous.items():
             signal.signal(s, handler)
         files.release_locks()
+        torch.use_deterministic_algorithms(settings[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = settings[1:]
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

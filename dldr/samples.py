@@ -103,15 +103,17 @@ def param_vector_from_state(state, model):
 
 
 def check_sample_range(save_dir, epochs, params_end):
-    """Every sample of ``epochs`` (a range ending before ``params_end``) must exist; the error says
-    which epochs do."""
+    """Every sample of ``epochs`` (a range ending before ``params_end``, of any length) must exist;
+    the error says which epochs do."""
     have = available_samples(save_dir)
     if not have:
         raise UsageError(f"--save-dir {save_dir}: no samples (0.pt, 1.pt, ...) found; run "
                          "train_sgd.py with this --save-dir first")
-    missing = [e for e in epochs if e not in set(have)]
-    if missing:
-        raise UsageError(f"--params_end {params_end}: sample {missing[0]}.pt is missing from "
+    present = set(have)
+    # The first one missing: found within len(have) + 1 steps whatever the range's length
+    missing = next((e for e in epochs if e not in present), None)
+    if missing is not None:
+        raise UsageError(f"--params_end {params_end}: sample {missing}.pt is missing from "
                          f"{save_dir}; samples present: {describe_epochs(have)}")
 
 

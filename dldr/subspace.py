@@ -5,19 +5,21 @@ import contextlib
 import os
 
 from .batches import bn_loader, make_loader, test_batch_size
+from .batchnorm import reestimate_bn
 from .checkpoints import fast_forward, find_resume_checkpoint, load_weights
 from .cli import UsageError
 from .data import check_dataset_name, load_data
-from .distributed import init_distributed, sync_batchnorm
+from .distributed import init_distributed, seed_processes, sync_batchnorm
 from .evaluation import Evaluator
 from .networks import build_model, check_arch_name
 from .optim import FlatParameters
 from .progress import log, log_subspace_lists
 from .records import NOISE_RECORD, Results, check_noise_record, check_provenance
-from .run import Outputs, Run
+from .run import Outputs, Run, samples_used
 from .samples import load_sample_into, sample_path
-from .training import amp_mode, compile_model, resolve_device, seed_everything
-from .trajectory import Trajectory, build_basis
+from .training import (amp_mode, compile_model, make_deterministic, resolve_device,
+                       seed_everything)
+from .trajectory import Trajectory, build_basis, check_basis_file
 
 
 def output_names(method, basis="dldr", tag=None, default_basis="dldr"):
@@ -64,8 +66,9 @@ def load_data_and_model(o, device):
     train_set, test_set = load_data(o.datasets, o.data_root, o.smalldatasets, o.corrupt,
                                     o.randomseed)
     check_noise_record(o.save_dir, train_set.noise)
-    return train_set, test_set, build_model(o.arch, o.datasets, train_set.num_classes, device,
-                                            o.dtype)
+    model = build_model(o.arch, o.datasets, train_set.num_classes, device, o.dtype)
+    seed_processes(o.randomseed)  # under torchrun: each process its own dropout
+    return train_set, test_set, model
 
 
 def make_evaluator(o, model, eval_model, train_set, test_set, device, amp):
@@ -87,8 +90,10 @@ class SubspaceRun(Run):
     def __init__(self, method, title, options, settings, epoch_times=False, default_basis="dldr"):
         o = self.options = options
         self.method, self.title, self.epoch_times = method, title, epoch_times
+        self.settings = settings
         outputs = output_names(method, o.basis, o.output_tag, default_basis)
         self.trajectory = check_samples_run(o)
+        check_basis_file(o.basis_file, o.evaluate)
         self.start = o.params_start if o.train_start is None else o.train_start
         if self.start != "mean" and not os.path.isfile(sample_path(o.save_dir, self.start)):
             raise UsageError(f"--train-start {self.start}: no sample {self.start}.pt in "
@@ -124,7 +129,10 @@ class SubspaceRun(Run):
                         amp=self.amp, loader=o.loader, samples=samples,
                         **settings)
         super().__init__(o.save_dir, outputs, identity, resume=o.resume, epochs=o.epochs,
-                         evaluating=o.evaluate)
+                         evaluating=o.evaluate, overwrite=o.overwrite,
+                         resume_weights=o.resume_weights,
+                         fingerprint=samples_used(self.trajectory, self.start))
+        make_deterministic(o.deterministic)
         self.device = init_distributed(resolve_device(o.device))  # from here on only rank 0 prints
 
     def prepare(self):
@@ -137,7 +145,7 @@ class SubspaceRun(Run):
         o = self.options
         self.basis = build_basis(o.basis, self.trajectory, self.n_components, self.model,
                                  self.device, seed=o.randomseed, streaming=o.streaming_basis,
-                                 basis_file=o.basis_file)
+                                 basis_file=o.basis_file, save=not o.evaluate)
         self.basis.log()
         return self.basis
 
@@ -155,14 +163,18 @@ class SubspaceRun(Run):
         self.flat = FlatParameters(model)  # before compiling: the compiled graph sees these views
         self.basis_matrix = self.basis.matrix.to(device=self.device,
                                                  dtype=self.flat.data.dtype).contiguous()
+        self.basis.matrix = None  # the float64 original (k x D x 8 bytes) is not needed again
         self.step_model = compile_model(model, self.device, o.compile, o.compile_mode,
                                         o.compile_backend)
         self.train_loader = make_loader(self.train_set, o.batch_size, self.device, shuffle=True,
                                         kind=o.loader, workers=o.workers, seed=o.randomseed)
         self.evaluator = make_evaluator(o, model, self.step_model, self.train_set, self.test_set,
                                         self.device, self.amp)
+        # Beside the command line ("args"), what was used: the basis's size, the schedule and
+        # weight decay applied (TWA's milestones, none outside the span)
         self.results = Results(os.path.join(o.save_dir, self.outputs.results), self.method,
-                               o.arguments, {**self.basis.record(), "train_start": self.start})
+                               o.arguments, {**self.basis.record(), "train_start": self.start,
+                                             **self.settings})
         self.w_start = self.flat.data.clone()  # the restart: coordinates are taken from here
         return self.flat
 
@@ -172,6 +184,10 @@ class SubspaceRun(Run):
         if o.resume:
             load_weights(find_resume_checkpoint(o.resume, o.save_dir, self.outputs.checkpoint),
                          self.model)
+        elif self.start == "mean" and reestimate_bn(self.model, self.evaluator.bn_loader):
+            # training starts from the mean with these statistics, not the averaged ones
+            log(f"=> the mean of samples {self.trajectory.describe()}, the start: BatchNorm "
+                "statistics re-estimated on the training data, as training starts from it")
         self.evaluator.test()
         return self.model
 

@@ -1,4 +1,6 @@
-"""The training loop's tools: seeding, devices, precision and torch.compile."""
+"""The training loop's tools: seeding, devices, determinism, precision, torch.compile, memory."""
+import os
+
 import torch
 
 from .cli import UsageError
@@ -20,7 +22,39 @@ def resolve_device(name):
         raise UsageError(f"--device {name!r} is not a torch device (use cpu, cuda or cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise UsageError(f"--device {name}: this machine has {count} CUDA device"
+                             f"{'s' if count != 1 else ''} (cuda:0..cuda:{count - 1}); use one "
+                             "of them (CUDA_VISIBLE_DEVICES renumbers them from 0)")
+        # so that kernels, generators and "cuda" tensors of libraries land on it, not on cuda:0
+        torch.cuda.set_device(device)
     return device
+
+
+def make_deterministic(enabled):
+    """--deterministic: the same run twice, or stopped and resumed, gives the same numbers on a
+    GPU too: cuDNN's deterministic algorithms without autotuning, torch's deterministic
+    implementations (an operation without one raises instead of varying), cuBLAS with a fixed
+    workspace. Slower on a GPU; on the CPU runs repeat without it."""
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def reset_peak_memory(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device):
+    """The most device memory this process's tensors held since ``reset_peak_memory`` (CUDA);
+    None on the CPU, where torch does not count it."""
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
 
 
 def amp_mode(amp, half, dtype):
@@ -47,7 +81,7 @@ def full_precision(output):
 
 def compile_model(model, device, enabled, mode=None, backend="inductor"):
     """``--compile``: the module that runs forward passes; ``model`` keeps the parameters and state."""
-    if device.type == "cuda":
+    if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     if not enabled:
         return model

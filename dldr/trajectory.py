@@ -36,19 +36,32 @@ class Trajectory:
         if start >= end:
             raise UsageError(f"--params_start {start} must be smaller than --params_end {end}")
         self.save_dir, self.start, self.end, self.step, self.arch = save_dir, start, end, step, arch
-        self.epochs = list(range(start, end, step))
-        self.paths = [sample_path(save_dir, e) for e in self.epochs]
-        self._fingerprint = None
+        # A range, not a list, until the folder is checked: --params_end 10000000 is a typo to
+        # answer at once, not ten million numbers to hold
+        self.range = range(start, end, step)
+        self._epochs = self._fingerprint = None
+
+    @property
+    def epochs(self):
+        """The sample numbers as a list, once the folder is known to hold them all."""
+        if self._epochs is None:
+            self.check_present()
+            self._epochs = list(self.range)
+        return self._epochs
+
+    @property
+    def paths(self):
+        return [sample_path(self.save_dir, e) for e in self.epochs]
 
     def __len__(self):
-        return len(self.epochs)
+        return len(self.range)
 
     def describe(self):
-        return describe_sample_epochs(self.epochs, self.step)
+        return describe_sample_epochs(self.range, self.step)
 
     def check_present(self):
         """Every sample exists; the error names the first missing one and those present."""
-        check_sample_range(self.save_dir, self.epochs, self.end)
+        check_sample_range(self.save_dir, self.range, self.end)
 
     def streams(self, model, streaming=False):
         """Whether the basis is built from the files block by block: asked for, or the samples
@@ -112,6 +125,9 @@ class Basis:
     seed: int = None
     file_note: str = None  # what --basis-file did, said after the authors' lines
 
+    def __post_init__(self):
+        self.size = len(self.matrix)  # kept for the record once the matrix is let go
+
     def log(self):
         """The authors' lines (``params:``, ``W:``, ``ratio:``, ``P:``, formatted as their print
         of numpy values), then this project's summary line."""
@@ -142,23 +158,67 @@ class Basis:
             f"{', '.join(f'{r:.4f}' for r in self.ratios[:5])})")
 
     def record(self):
-        """What the results file keeps of the basis."""
-        return {"explained_variance_ratio": self.ratios, "basis": self.kind}
+        """What the results file keeps of the basis: its kind and size (the span's: one direction
+        per sample, whatever --n_components says)."""
+        return {"explained_variance_ratio": self.ratios, "basis": self.kind,
+                "n_components": self.size}
+
+
+def check_basis_file(path, evaluating=False):
+    """--basis-file PATH before any data is loaded: not a folder, in a folder that exists and
+    (unless -e, which never writes it) can be written."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"--basis-file {path}: a folder; give the path of a file in it")
+    if not os.path.isdir(folder):
+        raise UsageError(f"--basis-file {path}: the folder {folder} does not exist; create it or "
+                         "give another path")
+    if os.path.exists(path) and not os.access(path, os.R_OK):
+        raise UsageError(f"--basis-file {path}: not readable; give another path")
+    if not evaluating and not os.access(folder, os.W_OK):
+        raise UsageError(f"--basis-file {path}: its folder is not writable; give another path")
+
+
+def matrix_checksum(matrix):
+    """SHA-256 of the matrix's bytes (its dtype and shape are recorded beside it)."""
+    data = matrix.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.sha256(data).hexdigest()
+
+
+@torch.no_grad()
+def orthonormality_error(matrix, device):
+    """max |P P^T - I| of the (k, D) ``matrix``, in float64 over blocks of columns on ``device``
+    (nan for non-finite entries)."""
+    k, dim = matrix.shape
+    block = max(1, (1 << 22) // k)
+    gram = torch.zeros(k, k, dtype=torch.float64, device=device)
+    for start in range(0, dim, block):
+        columns = matrix[:, start:start + block].to(device=device, dtype=torch.float64)
+        gram += columns @ columns.T
+    return (gram - torch.eye(k, dtype=torch.float64, device=device)).abs().max().item()
+
+
+# The largest |P P^T - I| a saved basis may show: its builders reach 1e-12 (float64), 1e-6
+# (float32, streamed); more is damage, not rounding (the optimizers allow as much)
+SAVED_TOLERANCE = {"float64": 1e-8, "float32": 1e-4}
 
 
 def build_basis(kind, trajectory, n_components, model, device, *, seed=None, streaming=False,
-                basis_file=None):
+                basis_file=None, save=True):
     """The basis of a subspace run: ``kind`` "dldr" (the top ``n_components`` principal
     directions of the trajectory's samples), "span" (an orthonormal basis of the raw samples'
     span, one direction per sample) or "random" (an orthonormal random basis of ``n_components``
     directions, from ``seed``). DLDR and span bases are built on ``device``, or from the files
     block by block when ``trajectory.streams``. With ``basis_file``: read from that file when
-    what it records matches (kind, samples and their fingerprint, size, seed), else built and
-    saved there; one ``=> `` line says which. Returns a Basis."""
+    what it records matches (kind, samples and their fingerprint, size, seed) and its matrix is
+    whole (its checksum) and orthonormal, else built and, with ``save`` (not under -e), saved
+    there; one ``=> `` line says which. Returns a Basis."""
     record = _basis_record(kind, trajectory, n_components, model, seed, streaming)
     note = None
     if basis_file:
-        saved, note = _read_basis_file(basis_file, record, trajectory)
+        saved, note = _read_basis_file(basis_file, record, trajectory, device)
         if saved is not None:
             return saved
     start = time.time()
@@ -183,9 +243,13 @@ def build_basis(kind, trajectory, n_components, model, device, *, seed=None, str
         del samples
     basis = Basis(matrix, kind, None if ratios is None else ratios.tolist(), trajectory, streamed,
                   time.time() - start, seed)
-    if basis_file:
-        atomic_torch_save({**record, "matrix": matrix.cpu(), "ratios": basis.ratios}, basis_file)
+    if basis_file and save:
+        matrix = matrix.cpu()
+        atomic_torch_save({**record, "matrix": matrix, "ratios": basis.ratios,
+                           "checksum": matrix_checksum(matrix)}, basis_file)
         basis.file_note = f"{note}; built in {basis.seconds:.2f} s and saved there"
+    elif basis_file:
+        basis.file_note = f"{note}; built in {basis.seconds:.2f} s, not saved (-e writes nothing)"
     return basis
 
 
@@ -208,8 +272,9 @@ def _basis_record(kind, trajectory, n_components, model, seed, streaming):
             "dtype": "float32" if narrow else "float64"}
 
 
-def _read_basis_file(path, record, trajectory):
-    """(the Basis of ``path``, its note) when its record equals ``record``, else (None, why)."""
+def _read_basis_file(path, record, trajectory, device):
+    """(the Basis of ``path``, its note) when its record equals ``record`` and its matrix is the
+    one saved (shape, dtype, checksum) and orthonormal, else (None, why)."""
     if not os.path.exists(path):
         return None, f"=> --basis-file {path}: not there yet"
     start = time.time()
@@ -223,9 +288,29 @@ def _read_basis_file(path, record, trajectory):
         what = ("the samples changed" if "samples" in differ
                 else f"{', '.join(differ)} differ")
         return None, f"=> --basis-file {path}: made for another basis ({what})"
+    damage = _damage(saved, record, device)
+    if damage:
+        return None, f"=> --basis-file {path}: damaged ({damage}), so rebuilt"
     basis = Basis(saved["matrix"], record["kind"], saved["ratios"], trajectory, False,
                   time.time() - start, record.get("seed"))
     of = "" if record["kind"] == "random" else f" of samples {trajectory.describe()}, unchanged"
     basis.file_note = (f"=> --basis-file {path}: loaded in {basis.seconds:.2f} s; it matches this "
                        f"run ({record['kind']} basis{of}, {record['n_components']} directions)")
     return basis, None
+
+
+def _damage(saved, record, device):
+    """What is wrong with the matrix of a basis file whose record matches, or None."""
+    matrix = saved["matrix"]
+    shape = (record["n_components"], record["dim"])
+    if tuple(matrix.shape) != shape or str(matrix.dtype) != f"torch.{record['dtype']}":
+        return (f"its matrix is {tuple(matrix.shape)} {matrix.dtype}, its record says {shape} "
+                f"torch.{record['dtype']}")
+    if not isinstance(saved.get("checksum"), str):
+        return "it records no checksum of its matrix (written by an older version)"
+    if matrix_checksum(matrix) != saved["checksum"]:
+        return "its matrix does not match its checksum"
+    error = orthonormality_error(matrix, device)
+    if not error <= SAVED_TOLERANCE[record["dtype"]]:
+        return f"its rows are not orthonormal: max |P P^T - I| = {error:.3g}"
+    return None

@@ -15,8 +15,12 @@
 # same samples: TWA (train_twa.py with its recipe: the span, from the mean, 10/200 of SGD's
 # epochs as in its CIFAR setting) and SWA (swa.py), from the samples before the drop and from the
 # late ones.
-# A run whose results file is complete is not run again, so an interrupted script picks up where
-# it stopped; FRESH=1 deletes RUNS_DIR first. Every run is seeded and single-threaded (THREADS=1).
+# A run is not made again when its results file is complete and records every setting of the
+# command that would make it now (experiments/reuse.py compares them, and the samples it came
+# from): an interrupted script picks up where it stopped, and other settings (ARCH, SMALL, ...)
+# replace the runs made with the old ones. FRESH=1 deletes RUNS_DIR first; LIST_JOBS=1 prints
+# every job (results file, checkpoint, command, tab-separated) and runs nothing. Every run is
+# seeded and single-threaded (THREADS=1).
 # Settings (environment variables, defaults in brackets):
 #   SEEDS ["1 2 3"]  NOISES ["0 0.2 0.4"]  SIZES ["4 8 12"]  ARCH [resnet20]  SGD_EPOCHS [30]
 #   SMALL [unset: --smalldatasets fraction, for quick checks]  JOBS [nproc]  THREADS [1]
@@ -47,15 +51,7 @@ if (( PARAMS_END > DROP || PBFGS_EPOCHS < 1 || PSGD_DROP < 1 || LATE_K < 1 )); t
     echo "SGD_EPOCHS=$SGD_EPOCHS is too small for the paper's proportions (try 30)" >&2; exit 2
 fi
 
-[[ -n "${FRESH:-}" ]] && rm -rf "$RUNS_DIR"
-mkdir -p "$RUNS_DIR"
-
-complete() {  # complete RESULTS_FILE [EPOCHS]: finished (the final evaluation), with these epochs
-    [[ -f "$1" ]] && "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1]))
-sys.exit(0 if "final" in r and sys.argv[2] in ("", str(r["args"].get("epochs"))) else 1)' "$1" "${2:-}"
-}
-
-job() {  # job METHOD NOISE SEED [K]
+job() {  # job METHOD NOISE SEED [K]: run it as the plan ($PLAN) says; with LIST=1 print it only
     local method=$1 noise=$2 seed=$3 k=${4:-}
     local dir="$RUNS_DIR/noise${noise}_seed${seed}"
     local common=(--datasets DIGITS --arch "$ARCH" --device cpu --randomseed "$seed"
@@ -88,18 +84,19 @@ job() {  # job METHOD NOISE SEED [K]
         swa_late)   results="$dir/results_swa_late.json" cmd=(swa.py "${common[@]}" --batch-size 64
                                                               "${tail[@]}") ;;
     esac
-    [[ $method == psgd* || $method == random ]] && epochs=$PSGD_EPOCHS
-    [[ $method == twa* ]] && epochs=$TWA_EPOCHS
-    [[ $method == swa* ]] && epochs=""
-    local name="$method${k:+ k=$k} noise=$noise seed=$seed"
-    if complete "$results" "$epochs"; then echo "done already: $name"; return 0; fi
-    # An interrupted run continues from its checkpoint; SGD with other settings starts afresh.
     local ckpt="$dir/$(basename "$results" .json | sed 's/^results_/checkpoint_/; s/^checkpoint_sgd$/checkpoint/').pt"
-    if [[ $method != swa* && -f "$ckpt" ]] && { [[ $method != sgd ]] || [[ -f "$results" ]]; }; then
-        cmd+=(--resume)
-    elif [[ $method == sgd ]]; then
-        cmd+=(--overwrite)
+    if [[ -n "${LIST:-}" ]]; then
+        (IFS=$'\t'; echo "$results"$'\t'"$ckpt"$'\t'"${cmd[*]}"); return 0
     fi
+    local name="$method${k:+ k=$k} noise=$noise seed=$seed" status why
+    IFS=$'\t' read -r status _ why < <(awk -F'\t' -v r="$results" '$2 == r {print; exit}' "$PLAN")
+    # The same run unfinished continues from its checkpoint; anything else of that name is
+    # replaced (SGD's --overwrite also sets aside what the old trajectory's runs wrote)
+    case $status in
+        done) echo "done already: $name"; return 0 ;;
+        resume) cmd+=(--resume) ;;
+        *) cmd+=(--overwrite); [[ -n "$why" ]] && echo "running again: $name: $why" ;;
+    esac
     mkdir -p "$dir"
     local start=$SECONDS log="$dir/log_$(basename "$results" .json | sed 's/^results_//').txt"
     if "$PY" -u "${cmd[@]}" > "$log" 2>&1; then
@@ -109,22 +106,46 @@ job() {  # job METHOD NOISE SEED [K]
         return 255  # stops xargs
     fi
 }
-export -f job complete
+export -f job
+
+sgd_jobs() {
+    for noise in $NOISES; do for seed in $SEEDS; do echo "sgd $noise $seed"; done; done
+}
+subspace_jobs() {
+    for noise in $NOISES; do for seed in $SEEDS; do for k in $SIZES; do
+        echo "pbfgs $noise $seed $k"; echo "psgd $noise $seed $k"
+        [[ $noise == "$(set -- $NOISES; echo "$1")" ]] && echo "random $noise $seed $k"
+    done; done; done
+    for noise in $NOISES; do for seed in $SEEDS; do
+        echo "pbfgs_late $noise $seed"; echo "psgd_late $noise $seed"
+        for m in twa swa twa_late swa_late; do echo "$m $noise $seed"; done
+    done; done
+}
+list_jobs() {  # list_jobs < JOB LINES: results file, checkpoint and command of each
+    while read -r line; do LIST=1 job $line; done
+}
+plan() {  # plan < JOB LINES > PLAN: done, resume or fresh for each, one Python process for all
+    list_jobs | "$PY" experiments/reuse.py
+}
+
+if [[ -n "${LIST_JOBS:-}" ]]; then
+    { sgd_jobs; subspace_jobs; } | list_jobs
+    exit 0
+fi
+[[ -n "${FRESH:-}" ]] && rm -rf "$RUNS_DIR"
+mkdir -p "$RUNS_DIR"
+export PLAN=$(mktemp)
+trap 'rm -f "$PLAN"' EXIT
 
 if [[ -z "${REPORT_ONLY:-}" ]]; then
     start=$SECONDS
-    for noise in $NOISES; do for seed in $SEEDS; do echo "sgd $noise $seed"; done; done |
-        xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
-    {
-        for noise in $NOISES; do for seed in $SEEDS; do for k in $SIZES; do
-            echo "pbfgs $noise $seed $k"; echo "psgd $noise $seed $k"
-            [[ $noise == "$(set -- $NOISES; echo "$1")" ]] && echo "random $noise $seed $k"
-        done; done; done
-        for noise in $NOISES; do for seed in $SEEDS; do
-            echo "pbfgs_late $noise $seed"; echo "psgd_late $noise $seed"
-            for m in twa swa twa_late swa_late; do echo "$m $noise $seed"; done
-        done; done
-    } | xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
+    { sgd_jobs; subspace_jobs; } | plan > "$PLAN"
+    sgd_jobs | xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
+    # A trajectory made again: the runs on its samples are planned again
+    if awk -F'\t' '$1 != "done" && $2 ~ /results_sgd\.json$/ {found=1} END {exit !found}' "$PLAN"; then
+        subspace_jobs | plan > "$PLAN"
+    fi
+    subspace_jobs | xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
     echo "all runs finished in $(( SECONDS - start )) s"
 fi
 

@@ -17,6 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import utils  # noqa: E402  (atomic writes)
+from reuse import NOT_DEFINING  # noqa: E402  (what does not change a run)
 
 EVALUATIONS = (("test_acc", "as the authors evaluate"), ("test_acc_bn", "BatchNorm re-estimated"))
 CIFAR_COMMANDS = """\
@@ -91,6 +92,40 @@ def collect(runs_dir, seeds, noises, sizes):
                     missing.append(path)
             table[noise, seed] = found
     return table, missing
+
+
+PER_FOLDER = {"randomseed", "corrupt"}  # the arguments that differ between folders by design
+
+
+def check_settings(table):
+    """The report describes one setting: each run name must have been made with the same
+    arguments in every folder, and each folder's runs with its own seed and noise. Anything else
+    is an error naming the run, the folders and the arguments that differ."""
+    first = {}
+    for (noise, seed), found in sorted(table.items()):
+        folder = f"noise{noise}_seed{seed}"
+        for name, run in sorted(found.items()):
+            args = run.get("args", {})
+            own = {"randomseed": seed, "corrupt": noise}
+            for key, want in own.items():
+                if key in args and float(args[key]) != float(want):
+                    raise SystemExit(f"error: {folder}/results_{name}.json was made with --{key} "
+                                     f"{args[key]}, not the folder's {want}; run "
+                                     "experiments/digits.sh to make it again")
+            defining = {k: v for k, v in args.items() if k not in NOT_DEFINING | PER_FOLDER}
+            if name not in first:
+                first[name] = folder, defining
+                continue
+            where, reference = first[name]
+            differ = sorted(k for k in set(defining) | set(reference)
+                            if defining.get(k) != reference.get(k))
+            if differ:
+                raise SystemExit(
+                    f"error: results_{name}.json was made with other settings in {folder} than in "
+                    f"{where}: " + ", ".join(f"{k} {reference.get(k)!r} / {defining.get(k)!r}"
+                                             for k in differ)
+                    + "; the report does not mix runs of different settings: run "
+                    "experiments/digits.sh with one setting to make them again")
 
 
 def values(table, noise, seeds, name, get):
@@ -194,6 +229,7 @@ def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png",
     if missing:
         raise SystemExit(f"error: {len(missing)} results files missing or unfinished, first "
                          f"{missing[0]}; run experiments/digits.sh to produce them")
+    check_settings(table)  # so that the first folder's settings are every folder's
     clean, noisy = noises[0], [n for n in noises if float(n) > 0]
     first = table[clean, seeds[0]]
     sgd_args = first["sgd"]["args"]
@@ -225,8 +261,10 @@ def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png",
     w(f"Data: scikit-learn's DIGITS (`--datasets DIGITS`), 1437 training / 360 test images"
       f"{f', training set cut to a fraction {small}' if small else ''}; network `{sgd_args['arch']}` "
       f"({first['sgd']['num_params']:,} parameters) on the CPU; label noise `--corrupt` "
-      f"{', '.join(noises)}; seeds {', '.join(seeds)}. Cells are mean ± sample standard deviation "
-      f"over the seeds, test accuracy in %.\n")
+      f"{', '.join(noises)}; seeds {', '.join(seeds)}. Every folder (noise level and seed) holds "
+      f"its runs with the same settings, below, apart from its seed and noise: the report checks "
+      f"the results files' arguments. Cells are mean ± sample standard deviation over the seeds, "
+      f"test accuracy in %.\n")
     e = sgd_args["epochs"]
     w("| | the paper (CIFAR-10, ResNet-20) | here |")
     w("|---|---|---|")

@@ -63,12 +63,14 @@ class ResNetBackbone(nn.Module):
     ``block`` must expose ``expansion`` (output channels = width * expansion).
     """
 
-    def __init__(self, block, num_blocks, num_classes, stem_bias=False, **block_kwargs):
+    def __init__(self, block, num_blocks, num_classes, stem_bias=False, widths=STAGE_WIDTHS,
+                 **block_kwargs):
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(3, 64, 3, 1, 1, bias=stem_bias), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
-        stages, in_channels = [], 64
-        for width, stride, n in zip(STAGE_WIDTHS, STAGE_STRIDES, num_blocks):
+            nn.Conv2d(3, widths[0], 3, 1, 1, bias=stem_bias), nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True))
+        stages, in_channels = [], widths[0]
+        for width, stride, n in zip(widths, STAGE_STRIDES, num_blocks):
             blocks = []
             for i in range(n):
                 blocks.append(block(in_channels, width, stride if i == 0 else 1, **block_kwargs))

@@ -1,4 +1,4 @@
-"""bench/benchmark.py, the script bench/gpu_check.sh runs on a GPU, kept working: a tiny CPU run
+"""bench/benchmark.py, the speed benchmark, kept working: a tiny CPU run
 of every method on both paths and of the basis timing, with the table and the JSON it writes."""
 import json
 import os

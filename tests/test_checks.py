@@ -3,6 +3,7 @@ command lines are accepted or refused in one line, and run.sh refuses what it do
 import collections
 import contextlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dldr.records
 import dldr.subspace
 import models
 import utils
@@ -146,10 +148,17 @@ COMMON = {"--epochs": NUMBERS, "--start-epoch": NUMBERS, "--batch-size": NUMBERS
           "--device": st.sampled_from(["cpu", "nonsense", "cpu:0"]),
           "--arch": st.sampled_from(["resnet8", "resnet99"]),
           "--half": st.just(None), "-e": st.just(None), "--resume": st.just(None)}
-SUBSPACE = {"--n_components": NUMBERS, "--params_start": NUMBERS, "--params_end": NUMBERS,
-            "--params_step": NUMBERS, "--basis": st.sampled_from(["dldr", "random", "pca"]),
-            "--weight-decay": NUMBERS, "--output-tag": st.sampled_from(["k5", "a b", "-x"]),
-            "--bn-reestimate": st.just(None)}
+# Paths are drawn as templates: {tmp} is the test's folder, {samples} the samples' folder
+PATHS = st.sampled_from(["{samples}/3.pt", "{samples}/run.json", "{tmp}/none.pt",
+                         "{tmp}/missing/basis.pt", "{samples}/basis.pt"])
+SAMPLES = {"--params_start": NUMBERS, "--params_end": NUMBERS, "--params_step": NUMBERS,
+           "--output-tag": st.sampled_from(["k5", "a b", "-x"]), "--overwrite": st.just(None)}
+SUBSPACE = {**SAMPLES, "--n_components": NUMBERS,
+            "--basis": st.sampled_from(["dldr", "random", "span", "pca"]),
+            "--train-start": st.sampled_from(["0", "3", "6", "9", "mean", "-1", "-2", "x"]),
+            "--basis-file": PATHS, "--resume-weights": PATHS,
+            "--resume": st.one_of(st.just(None), PATHS),
+            "--weight-decay": NUMBERS, "--bn-reestimate": st.just(None)}
 FLAGS = {
     "train_sgd.py": {**COMMON, "--momentum": NUMBERS, "--weight-decay": NUMBERS,
                      "--milestones": LISTS, "--adam-lr": NUMBERS, "--overwrite": st.just(None),
@@ -159,12 +168,15 @@ FLAGS = {
                        "--accumulate": NUMBERS},
     "train_psgd.py": {**COMMON, **SUBSPACE, "--momentum": NUMBERS, "--milestones": LISTS,
                       "--alpha": NUMBERS, "--gamma": NUMBERS},
+    "train_twa.py": {**COMMON, **SUBSPACE, "--momentum": NUMBERS, "--milestones": LISTS},
+    "swa.py": {**SAMPLES, **{f: COMMON[f] for f in (
+        "--batch-size", "--workers", "--randomseed", "--corrupt", "--smalldatasets", "--amp",
+        "--dtype", "--device", "--arch", "--print-freq")}},
 }
 
 
 @st.composite
-def command_lines(draw):
-    script = draw(st.sampled_from(sorted(FLAGS)))
+def command_lines(draw, script):
     chosen = draw(st.lists(st.sampled_from(sorted(FLAGS[script])), unique=True, max_size=4))
     argv = []
     for flag in chosen:
@@ -194,14 +206,13 @@ def test_drawn_command_lines_are_accepted_or_refused_in_one_line(tmp_path, monke
     monkeypatch.setattr(dldr.subspace, "init_distributed", accept)   # the subspace scripts'
     seen = collections.Counter()
 
-    @settings(max_examples=240, deadline=None, derandomize=True, database=None)
-    @given(command_lines())
     def check(drawn):
         script, argv = drawn
         base = ["--datasets", "DIGITS", "--arch", "resnet8"]
         if script != "train_sgd.py":  # a range the samples hold, unless a drawn flag says else
-            base += ["--params_end", "7", "--n_components", "3"]
+            base += ["--params_end", "7"] + (["--n_components", "3"] if script != "swa.py" else [])
         save_dir = tmp_path / "new" if script == "train_sgd.py" else samples
+        argv = [a.format(tmp=tmp_path, samples=samples) for a in argv]
         before = snapshot(tmp_path)
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -217,7 +228,66 @@ def test_drawn_command_lines_are_accepted_or_refused_in_one_line(tmp_path, monke
         assert snapshot(tmp_path) == before and not os.path.exists(tmp_path / "new")
         seen[script, code == "accepted"] += 1
 
-    check()
+    for script in sorted(FLAGS):  # each script as many command lines
+        settings(max_examples=50, deadline=None, derandomize=True, database=None)(
+            given(command_lines(script))(check))()
     per_script = collections.Counter(script for script, _ in seen.elements())
-    assert sum(per_script.values()) >= 200 and min(per_script.values()) >= 40, seen
+    assert min(per_script.values()) >= 45, seen
     assert all(seen[script, True] >= 5 and seen[script, False] >= 5 for script in FLAGS), seen
+
+
+# ---- what --resume takes, and what a new run may replace ---------------------------------------
+
+def test_resume_takes_only_this_scripts_checkpoint_and_names_what_a_file_is(psgd_run, tmp_path,
+                                                                            capsys):
+    state = torch.load(psgd_run / "PSGD.pt", weights_only=True)
+    torch.save({"epoch": 1, "state_dict": state, "best_prec1": 50.0}, tmp_path / "refine_1.th")
+    argv = [*DIGITS_SUB, "--save-dir", psgd_run, "--epochs", 2, "--batch-size", 256, "--lr", 0.3]
+    before = snapshot(psgd_run)
+    for path, what in ((psgd_run / "PSGD.pt", "holds model weights only (a final model"),
+                       (psgd_run / "3.pt", "holds a sample of the trajectory (the weights after "
+                                           "epoch 3)"),
+                       (tmp_path / "refine_1.th", "holds a checkpoint of the authors' scripts")):
+        line = refused(capsys, "train_psgd.py", *argv, "--resume", path)
+        assert line.startswith(f"error: --resume: {path} {what}") and \
+            f"use --resume-weights {path}" in line, line
+    line = refused(capsys, "train_psgd.py", *argv, "--resume", "--resume-weights", tmp_path)
+    assert "--resume-weights starts a new run" in line
+    assert snapshot(psgd_run) == before
+
+
+def test_a_finished_run_is_replaced_only_with_overwrite_and_resume_weights_is_recorded(
+        psgd_run, tmp_path, capsys):
+    folder = tmp_path / "run"
+    shutil.copytree(psgd_run, folder)
+    argv = [*DIGITS_SUB, "--save-dir", folder, "--epochs", 1, "--batch-size", 256, "--lr", 0.3]
+    old = json.load(open(folder / "results_psgd.json"))
+    before = snapshot(folder)
+    line = refused(capsys, "train_psgd.py", *argv[:-1], 0.2)  # another run, same outputs
+    assert line == (f"error: --save-dir {folder} already holds a finished run (results_psgd.json, "
+                    "PSGD.pt and checkpoint_psgd.pt); pass --resume with more --epochs to extend "
+                    "it, pass --overwrite to replace it, or use another --output-tag or --save-dir")
+    assert snapshot(folder) == before
+    # The results record the samples they were made from: the trajectory's fingerprint
+    trajectory = utils.Trajectory(str(folder), 0, 7)
+    assert old["sample_fingerprint"] == {"epochs": list(range(7)),
+                                         "sha256": trajectory.fingerprint()}
+    assert dldr.records.samples_fingerprint(str(folder), range(7)) == trajectory.fingerprint()
+    # --overwrite with --resume-weights: a new run from the old final model, which says so
+    weights = tmp_path / "PSGD_before.pt"
+    shutil.copy(folder / "PSGD.pt", weights)
+    assert run_here("train_psgd.py", *argv, "--overwrite", "--resume-weights", weights) == 0
+    out = capsys.readouterr().out
+    assert f"=> starting from the weights of {weights} (--resume-weights)" in out
+    new = json.load(open(folder / "results_psgd.json"))
+    assert new["resumed_from_weights"] == str(weights)
+    # its start is the old run's final model: the same evaluation, to the bit
+    assert new["start"]["test_acc"] == old["final"]["test_acc"] == old["epochs"][-1]["test_acc"]
+    assert new["start"]["test_loss"] == old["final"]["test_loss"]
+    # Resumed without the flag (as the resume command line drops it), the run keeps its record
+    ckpt = torch.load(folder / "checkpoint_psgd.pt", weights_only=True)
+    identity = {k: v for k, v in ckpt["run"].items() if k != "resumed_from_weights"}
+    utils.check_same_run(str(folder / "checkpoint_psgd.pt"), ckpt, identity)
+    assert identity == ckpt["run"] and identity["resumed_from_weights"] == str(weights)
+    command = utils.resume_command(["--lr", "0.3", "--resume-weights", str(weights), "--overwrite"])
+    assert command.endswith(" --lr 0.3 --resume") and str(weights) not in command

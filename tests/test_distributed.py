@@ -142,3 +142,95 @@ def test_twa_from_the_mean_two_processes_match_one(launch, runs):
         assert two[what]["test_loss_bn"] == pytest.approx(one[what]["test_loss_bn"], rel=1e-9)
         assert two[what]["test_acc_bn"] == one[what]["test_acc_bn"]
     assert torch.allclose(params2, params1, rtol=1e-9, atol=1e-12)
+
+
+ZOO = ["--smalldatasets", "0.5", "--print-freq", "1", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def zoo_launch(tmp_path_factory, data_args):
+    """One torchrun launch, 2 processes, of the networks whose steps leave parameters without
+    gradient (tests/tiny_models.py): stochastic depth's SGD straight for 2 epochs, and stopped
+    after 1 then resumed; P-BFGS and P-SGD on its samples; nasnet's SGD; the generators probe."""
+    tmp = tmp_path_factory.mktemp("ddp_zoo")
+    audit = tmp / "audit"
+    audit.mkdir()
+    sd = [*data_args, *ZOO, "--arch", "tiny_stochasticdepth", "--lr", "0.05"]
+    scripts = [["train_sgd.py", *sd, "--epochs", 2, "--save-dir", tmp / "straight"],
+               ["train_sgd.py", *sd, "--epochs", 1, "--save-dir", tmp / "resumed"],
+               ["train_sgd.py", *sd, "--epochs", 2, "--save-dir", tmp / "resumed", "--resume"],
+               ["train_pbfgs.py", *sd, *SUB, "--epochs", 1, "--save-dir", tmp / "straight"],
+               ["train_psgd.py", *sd, *SUB, "--epochs", 1, "--lr", 0.3, "--save-dir",
+                tmp / "straight"],
+               ["train_sgd.py", *data_args, *ZOO, "--arch", "tiny_nasnet", "--epochs", 1,
+                "--lr", 0.05, "--save-dir", tmp / "nasnet"],
+               ["rng_probe"]]
+    argv = [str(a) for run in scripts for a in [*run, ":::"]][:-1]
+    env = dict(os.environ, DLDR_AUDIT_DIR=str(audit), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", os.path.join(ROOT, "tests", "torchrun_audit.py"),
+                          *argv], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return tmp, out.stdout, audit
+
+
+def test_networks_that_leave_parameters_unused_train_under_torchrun(zoo_launch):
+    """Which networks need DDP's search for unused parameters is found by the networks
+    themselves (a meta-device forward, or layers that drop branches), not by a list: nasnet's
+    adapters and stochastic depth's dropped blocks, which failed at the second step before."""
+    from tiny_models import tiny_nasnet
+    tmp, stdout, audit = zoo_launch
+    assert stdout.count("=> DDP finds unused parameters") == 4, stdout[-3000:]
+    assert "stochastic depth" in stdout and "parameter tensors take no part" in stdout
+    nasnet = tiny_nasnet()
+    unused = utils.unused_parameters(nasnet.train(), (2, 3, 32, 32))
+    assert unused and all(".fit." in name for name in unused)
+    assert utils.unused_parameters(models.build("resnet8").train(), (2, 3, 32, 32)) == []
+    for run, folder in ((0, "straight"), (5, "nasnet")):
+        params = final_params(audit, run)  # both ranks equal, and trained
+        results = json.loads((tmp / folder / "results_sgd.json").read_text())
+        assert torch.isfinite(params).all() and results["final"]["test_acc"] >= 0
+    # stochastic depth's draws agree over the processes: the subspace runs kept in step
+    for run, name in ((3, "results_pbfgs.json"), (4, "results_psgd.json")):
+        final_params(audit, run)
+        assert json.loads((tmp / "straight" / name).read_text())["final"]["test_loss"] > 0
+
+
+def test_torchrun_resume_equals_the_straight_run(zoo_launch):
+    """Stopped after epoch 1 and resumed to 2 under torchrun: bit for bit the run that went
+    straight to 2 (every process's generators, stochastic depth's among them, restored)."""
+    tmp, _, audit = zoo_launch
+    assert torch.equal(final_params(audit, 0), final_params(audit, 2))
+    straight, resumed = (utils.load_state(str(tmp / d / "2.pt")) for d in ("straight", "resumed"))
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    ckpt = torch.load(tmp / "resumed" / "checkpoint.pt", weights_only=True)
+    assert len(ckpt["rng"]["processes"]) == 2
+
+
+def test_each_process_keeps_its_own_generators(zoo_launch):
+    """The probe asserted in each process that its saved generators come back; the draws of
+    the two processes differ (each its own stream, not rank 0's copy)."""
+    _, _, audit = zoo_launch
+    p0, p1 = (torch.load(audit / f"params_rank{r}_6.pt", weights_only=True) for r in (0, 1))
+    assert not torch.equal(p0, p1)
+
+
+def test_resume_with_another_number_of_processes_is_refused(zoo_launch, data_args, capsys,
+                                                            monkeypatch):
+    """A checkpoint of 2 processes resumed by one: one line, exit 2, nothing written."""
+    import tiny_models
+    import train_sgd
+    for name, fn in tiny_models.TINY.items():
+        monkeypatch.setitem(models._REGISTRY, name, fn)
+    tmp, _, _ = zoo_launch
+    folder = tmp / "resumed"
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    with pytest.raises(SystemExit) as exit_:
+        utils.run_main(train_sgd.main, [*data_args, *ZOO, "--arch", "tiny_stochasticdepth",
+                                        "--lr", "0.05", "--epochs", "3", "--save-dir",
+                                        str(folder), "--resume"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "written by 2 processes and this run has 1" in err[0], err
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before

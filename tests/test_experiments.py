@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 import matplotlib.image
+import pytest
 
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import report  # noqa: E402
+import reuse  # noqa: E402
 
 SEEDS, NOISES, SIZES = ["1", "2"], ["0", "0.2"], [4, 8]
 # (authors' final, re-estimated final) per run and noise; the seeds differ by +-0.5
@@ -80,6 +82,7 @@ def prepare_runs(root):
                                             "batch_size": 64, "epochs": 0}, FINAL[name][noise],
                                     seed)
             for name, run in runs.items():
+                run["args"] = dict(run["args"], randomseed=int(seed), corrupt=float(noise))
                 (folder / f"results_{name}.json").write_text(json.dumps(run))
 
 
@@ -146,11 +149,93 @@ def test_runs_that_never_train_are_named(tmp_path):
             "0.2 seed 1 (training loss 0.10 at its last epoch)") in text
 
 
+def digits_env(tmp_path, **settings):
+    return dict(os.environ, SEEDS=" ".join(SEEDS), NOISES=" ".join(NOISES),
+                SIZES=" ".join(map(str, SIZES)), RUNS_DIR=str(tmp_path / "runs"),
+                REPORT=str(tmp_path / "R.md"), PYTHON=sys.executable, **settings)
+
+
+def digits_jobs(env):
+    """digits.sh's jobs (LIST_JOBS=1): (results file, checkpoint, command) of each."""
+    out = subprocess.run(["bash", os.path.join(ROOT, "experiments", "digits.sh")],
+                         env=dict(env, LIST_JOBS="1"), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [(r, c, argv) for r, c, *argv in (line.split("\t") for line in out.stdout.splitlines())]
+
+
+def test_a_run_is_reused_only_when_every_setting_matches(tmp_path):
+    jobs = digits_jobs(digits_env(tmp_path))
+    names = [os.path.basename(r) for r, _, _ in jobs]
+    assert len(jobs) == len(NOISES) * len(SEEDS) * (7 + 2 * len(SIZES)) + len(SEEDS) * len(SIZES)
+    results, checkpoint, argv = jobs[names.index("results_psgd_k4.json")]
+    assert argv[0] == "train_psgd.py" and "--n_components" in argv
+    os.makedirs(os.path.dirname(results))
+    args, _ = reuse.parse(argv)
+    run = {"args": args, "epochs": [], "final": {"test_acc": 90.0}}
+
+    def decide(**changes):
+        recorded = {k: v for k, v in dict(args, **changes).items() if v is not KeyError}
+        with open(results, "w") as f:
+            json.dump(dict(run, args=recorded), f)
+        return reuse.decide(results, checkpoint, argv)
+
+    assert decide() == ("done", "")
+    # A flag the record lacks (added to the scripts since) counts at its default
+    assert decide(loader=KeyError, overwrite=KeyError) == ("done", "")
+    # What does not change the run is not compared
+    assert decide(print_freq=1, workers=0, save_dir="elsewhere") == ("done", "")
+    # A quick SMALL= pass, another ARCH, other epochs: made again, saying why
+    assert decide(smalldatasets=0.5) == ("fresh", "made with other settings: smalldatasets 0.5 "
+                                                  "-> None")
+    assert decide(arch="resnet8")[1] == "made with other settings: arch 'resnet8' -> 'resnet20'"
+    status, why = decide(epochs=3, lr=0.5)
+    assert status == "fresh" and "epochs 3 -> 8" in why and "lr 0.5 -> 1.0" in why
+    # Unfinished: resumed from its checkpoint when there is one
+    del run["final"]
+    assert decide() == ("fresh", "unfinished, without a checkpoint")
+    open(checkpoint, "w").close()
+    assert decide() == ("resume", "unfinished")
+    assert decide(arch="resnet8")[0] == "fresh"
+    # Made from other samples than the folder holds now (SGD made again): stale
+    run["final"] = {"test_acc": 90.0}
+    folder = os.path.dirname(results)
+    with open(os.path.join(folder, "0.pt"), "wb") as f:
+        f.write(b"a sample")
+    run["sample_fingerprint"] = {"epochs": [0], "sha256": "0" * 64}
+    status, why = decide()
+    assert status == "fresh" and why.startswith("stale: made from other samples")
+    # The SGD job too: the same rule
+    results, checkpoint, argv = jobs[names.index("results_sgd.json")]
+    args, _ = reuse.parse(argv)
+    run = {"args": args, "epochs": [], "final": {"test_acc": 90.0}}
+    assert decide() == ("done", "")
+    assert decide(smalldatasets=0.3)[0] == "fresh"
+
+
+def test_the_report_refuses_to_mix_runs_of_different_settings(tmp_path):
+    prepare_runs(tmp_path / "runs")
+    path = tmp_path / "runs" / "noise0.2_seed2" / "results_psgd_k4.json"
+    run = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(run, args=dict(run["args"], lr=0.5))))
+    with pytest.raises(SystemExit, match=r"results_psgd_k4.json was made with other settings in "
+                                         r"noise0.2_seed2 than in noise0_seed1: lr 1.0 / 0.5; "
+                                         r"the report does not mix runs"):
+        report.report(str(tmp_path / "runs"), SEEDS, NOISES, SIZES, "sizes.png", str(tmp_path))
+    path.write_text(json.dumps(dict(run, args=dict(run["args"], randomseed=1))))
+    with pytest.raises(SystemExit, match=r"noise0.2_seed2/results_psgd_k4.json was made with "
+                                         r"--randomseed 1, not the folder's 2"):
+        report.report(str(tmp_path / "runs"), SEEDS, NOISES, SIZES, "sizes.png", str(tmp_path))
+
+
 def test_digits_sh_runs_nothing_already_made_and_rewrites_the_report(tmp_path):
     prepare_runs(tmp_path / "runs")
-    env = dict(os.environ, SEEDS=" ".join(SEEDS), NOISES=" ".join(NOISES),
-               SIZES=" ".join(map(str, SIZES)), RUNS_DIR=str(tmp_path / "runs"),
-               REPORT=str(tmp_path / "R.md"), PYTHON=sys.executable)
+    env = digits_env(tmp_path)
+    # The runs as digits.sh makes them: the arguments its commands give
+    for results, _, argv in digits_jobs(env):
+        run = json.loads(open(results).read())
+        run["args"] = reuse.parse(argv)[0]
+        with open(results, "w") as f:
+            json.dump(run, f)
     out = subprocess.run(["bash", os.path.join(ROOT, "experiments", "digits.sh")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]

@@ -234,7 +234,7 @@ def test_sums_over_processes_are_each_taken_once(monkeypatch, alpha):
     model, basis, batches = make_problem(seed=6, n_batches=4)
     twin = copy.deepcopy(model)
     one, _ = _train_pbfgs_epoch(model, basis, batches, accumulate=2, alpha=alpha)
-    monkeypatch.setattr(utils, "global_batch_share", lambda n, device: 0.5)
+    monkeypatch.setattr(utils, "global_batch_share", lambda loader, i, n: 0.5)
     monkeypatch.setattr(dldr.distributed, "all_reduce_sum_", lambda t: t.mul_(2))
     two, _ = _train_pbfgs_epoch(twin, basis, batches, accumulate=2, alpha=alpha)
     assert one.search_steps == two.search_steps and len(one.search_steps) == 2

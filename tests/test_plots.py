@@ -1,5 +1,6 @@
 """plot_results.py draws its curves from the results files and writes valid PNG images."""
 import json
+import os
 
 import matplotlib.image
 import numpy as np
@@ -68,17 +69,48 @@ def test_plots_are_valid_images_drawn_from_the_results(tmp_path):
 
 def test_explained_variance_and_trajectory_use_the_samples(tmp_path):
     folder = _save_dir(tmp_path)
-    samples, model, _ = plot_results.trajectory_pca(str(folder))
+    samples, epochs, model, _ = plot_results.trajectory_pca(str(folder))
     assert samples.shape == (6, sum(p.numel() for p in model.parameters()))
+    assert epochs == list(range(6))
     _, ratios = plot_results.plot_explained_variance(samples)
     assert len(ratios) == 5 and abs(ratios.sum() - 1) < 1e-9
     runs = summarize.load_runs(str(folder))
-    _, paths = plot_results.plot_trajectory(samples, runs, model)
+    _, paths = plot_results.plot_trajectory(samples, runs, model, epochs)
     assert paths["sgd"].shape == (6, 3)
     # Every subspace run starts at its restart sample (params_start = 1).
     for tag in ("psgd", "psgd_random"):
         assert np.allclose(paths[tag][0], paths["sgd"][1], atol=1e-9)
         assert paths[tag].shape == (4, 3)
+
+
+def test_samples_are_matched_by_epoch_in_a_folder_without_sample_0(tmp_path):
+    folder = _save_dir(tmp_path)
+    os.remove(folder / "0.pt")  # samples 1..5: position i holds epoch i + 1
+    swa = {"method": "swa", "epochs": [{"epoch": 0, "test_acc": 50.0}],
+           "final": {"test_acc": 50.0, "test_acc_bn": 60.0},
+           "args": {"params_start": 2, "params_end": 5}}
+    json.dump(swa, open(folder / "results_swa.json", "w"))
+    samples, epochs, model, _ = plot_results.trajectory_pca(str(folder))
+    assert epochs == [1, 2, 3, 4, 5]
+    runs = summarize.load_runs(str(folder))
+    fig, paths = plot_results.plot_trajectory(samples, runs, model, epochs)
+    # The reference, by epoch from the files: SWA is the mean of samples 2, 3 and 4
+    by_epoch = {e: utils.param_vector_from_state(utils.load_state(str(folder / f"{e}.pt")), model)
+                .double() for e in epochs}
+    basis, _ = utils.subspace_basis(samples, 3)
+    swa_point = ((sum(by_epoch[e] for e in (2, 3, 4)) / 3 - samples.double().mean(0)) @ basis.T)
+    assert np.allclose(paths["swa"][0], swa_point.numpy(), atol=1e-9)
+    # the subspace runs start at sample 1 (params_start), the folder's first row here
+    for tag in ("psgd", "psgd_random"):
+        assert np.allclose(paths[tag][0], paths["sgd"][0], atol=1e-9)
+    labels = [line.get_label() for line in fig.axes[0].lines]
+    assert "first sample (1.pt)" in labels and "initialisation (sample 0)" not in labels
+    # a run whose samples are not all in the folder is not drawn from others
+    swa["args"]["params_start"] = 0
+    json.dump(swa, open(folder / "results_swa.json", "w"))
+    _, paths = plot_results.plot_trajectory(samples, summarize.load_runs(str(folder)), model,
+                                            epochs)
+    assert "swa" not in paths
 
 
 def test_plot_without_results_is_one_clear_error(tmp_path):

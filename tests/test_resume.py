@@ -95,6 +95,8 @@ def test_subspace_script_stopped_and_resumed_ends_identical(short_samples, tmp_p
         run_here(script, *common, "--save-dir", stopped)
     monkeypatch.undo()
     assert not os.path.exists(stopped / f"{tag}.pt")
+    # A new run would throw the stopped one away: refused, --resume continues it
+    assert run_here(script, *common, "--save-dir", stopped) == 2
     assert run_here(script, *common, "--save-dir", stopped, "--resume") == 0
     a = torch.load(straight / f"{tag}.pt", weights_only=True)
     b = torch.load(stopped / f"{tag}.pt", weights_only=True)

@@ -152,6 +152,13 @@ def test_the_saved_basis_is_reused_when_it_matches_and_rebuilt_when_a_sample_cha
     assert run_here("train_psgd.py", *argv, "--basis", "span", "--epochs", 1, "-e") == 0
     out = capsys.readouterr().out
     assert "made for another basis (the samples changed)" in out and "loaded" not in out
+    assert "not saved (-e writes nothing)" in out  # -e never writes the file
+    assert torch.load(copy_dir / "span.pt", weights_only=True)["samples"] == saved["samples"]
+    # A run that trains saves it there: the scripts' call (build_basis), here in the library
+    model = models.build("resnet8", 10)
+    trajectory = utils.Trajectory(str(copy_dir), 0, 7, arch="resnet8")
+    cpu = torch.device("cpu")
+    utils.build_basis("span", trajectory, 7, model, cpu, basis_file=str(copy_dir / "span.pt"))
     rebuilt = torch.load(copy_dir / "span.pt", weights_only=True)
     assert rebuilt["samples"] != saved["samples"]
     assert not torch.equal(rebuilt["matrix"], saved["matrix"])
@@ -160,9 +167,12 @@ def test_the_saved_basis_is_reused_when_it_matches_and_rebuilt_when_a_sample_cha
                     "--epochs", 1, "-e") == 0
     assert "made for another basis (kind, n_components differ)" in capsys.readouterr().out
     # A streamed basis (float32) is not the in-memory one (float64) it would replace
+    utils.build_basis("dldr", trajectory, 3, model, cpu, basis_file=str(copy_dir / "span.pt"))
     assert run_here("train_psgd.py", *argv, "--basis", "dldr", "--n_components", 3,
                     "--epochs", 1, "--streaming-basis", "-e") == 0
     assert "made for another basis (dtype differ)" in capsys.readouterr().out
+    utils.build_basis("dldr", trajectory, 3, model, cpu, streaming=True,
+                      basis_file=str(copy_dir / "span.pt"))
     assert torch.load(copy_dir / "span.pt", weights_only=True)["matrix"].dtype == torch.float32
 
 
@@ -183,6 +193,28 @@ def test_swa_is_update_bn_on_the_mean(twa_run, tmp_path):
     assert results["final"]["test_acc"] == plain[1] == results["epochs"][0]["test_acc"]
     saved = torch.load(folder / "SWA.pt", weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    assert results["sample_fingerprint"]["epochs"] == list(range(7))
+    # Another SWA replaces it only with --overwrite
+    kept = (folder / "results_swa.json").read_bytes()
+    assert run_here("swa.py", *DATA, "--params_start", 1, "--params_end", 7,
+                    "--save-dir", folder) == 2
+    assert (folder / "results_swa.json").read_bytes() == kept
+    assert run_here("swa.py", *DATA, "--params_start", 1, "--params_end", 7, "--batch-size", 64,
+                    "--save-dir", folder, "--overwrite") == 0
+    results = json.load(open(folder / "results_swa.json"))
+    assert results["samples"] == results["sample_fingerprint"]["epochs"] == list(range(1, 7))
+
+
+def test_a_second_twa_does_not_replace_the_first(twa_run, capsys):
+    folder, common = twa_run
+    before = {n: (folder / n).read_bytes() for n in os.listdir(folder)}
+    capsys.readouterr()
+    assert run_here("train_twa.py", *common, "--epochs", 1, "--lr", 0.7) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a finished run (results_twa.json, TWA.pt and " \
+        "checkpoint_twa.pt); pass --resume with more --epochs to extend it, pass --overwrite" \
+        in err[0], err
+    assert {n: (folder / n).read_bytes() for n in os.listdir(folder)} == before
 
 
 def test_mean_start_and_span_basis_under_the_subspace_scripts_resume_exactly(twa_run, tmp_path):

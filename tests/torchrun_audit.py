@@ -53,8 +53,36 @@ def runs(argv):
     return out
 
 
+def rng_probe(argv):
+    """``rng_probe`` in place of a script: every process's generators saved by
+    checkpoints.rng_state come back to that process (its own stream, not rank 0's), and the
+    draws after a restore are those after the save. Returns a model whose parameters are the
+    draws, so the audit saves them per rank."""
+    import torch
+    from dldr.checkpoints import rng_state, set_rng_state
+    from dldr.distributed import init_distributed, seed_processes
+    import models
+    init_distributed(torch.device("cpu"))
+    torch.manual_seed(7)
+    model = models.build("tiny_stochasticdepth").train()
+    seed_processes(7)
+    saved = rng_state(model)
+    expected = (torch.rand(4), model(torch.randn(2, 3, 32, 32)).detach(), torch.rand(4))
+    set_rng_state(saved, model)
+    again = (torch.rand(4), model(torch.randn(2, 3, 32, 32)).detach(), torch.rand(4))
+    assert all(torch.equal(a, b) for a, b in zip(expected, again)), (expected, again)
+    assert len(saved["processes"]) == 2
+    draws = torch.nn.Linear(1, 4)
+    with torch.no_grad():
+        draws.weight.copy_(expected[0][:, None])
+    return draws
+
+
 def main():
     sys.path.insert(0, ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import tiny_models
+    tiny_models.register_all()
     builtins.open, os.open = audited_open, audited_os_open
     os.replace = lambda a, b, *x, **k: (_record("replace", b), _replace(a, b, *x, **k))[1]
     os.rename = lambda a, b, *x, **k: (_record("rename", b), _rename(a, b, *x, **k))[1]
@@ -63,10 +91,15 @@ def main():
     import torch.distributed as dist
 
     import utils
+    from dldr.files import release_locks
     try:
         for i, (script, argv) in enumerate(runs(sys.argv[1:])):
-            module = importlib.import_module(os.path.splitext(os.path.basename(script))[0])
-            model = module.main(argv)
+            if script == "rng_probe":
+                model = rng_probe(argv)
+            else:
+                module = importlib.import_module(os.path.splitext(os.path.basename(script))[0])
+                model = module.main(argv)
+                release_locks()  # as run_main does: the next script may resume it
             flat = torch.cat([p.detach().reshape(-1).cpu()
                               for p in utils.trainable_parameters(model)])
             with _open(os.path.join(AUDIT, f"params_rank{RANK}_{i}.pt"), "wb") as f:  # unaudited

@@ -1,0 +1,83 @@
+"""Which runs experiments/digits.sh can reuse: a run is done when its results file has a final
+evaluation, was made with every setting of the command that would make it now (the results'
+own record of its arguments, parsed as the script parses that command) and from the samples now in
+its folder.
+
+    experiments/digits.sh's jobs on stdin, one a line: RESULTS<TAB>CHECKPOINT<TAB>SCRIPT ARG...
+    python experiments/reuse.py < jobs
+
+prints one line a job: STATUS<TAB>RESULTS<TAB>WHY, STATUS one of done (reuse it), resume (the same
+run, unfinished: continue it from CHECKPOINT) and fresh (not made yet, or made otherwise: run it
+again, replacing what is there). One process for all the jobs: the scripts are imported once.
+"""
+import importlib
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from dldr.records import stale_reason  # noqa: E402
+
+# Flags that do not change what a run computes (where it is, how often it prints, how it starts)
+NOT_DEFINING = {"save_dir", "data_root", "print_freq", "workers", "resume", "overwrite",
+                "evaluate", "basis_file"}
+
+
+def parse(argv):
+    """(the arguments ``argv`` = [SCRIPT.py, ARG...] gives, as a results file records them (JSON
+    values), the script's parser)."""
+    parser = importlib.import_module(os.path.basename(argv[0])[:-3]).build_parser()
+    return json.loads(json.dumps(vars(parser.parse_args(argv[1:])))), parser
+
+
+def other_settings(recorded, argv):
+    """The settings in which the arguments ``recorded`` (a results file's "args") differ from
+    those of the command ``argv``, as "name recorded -> wanted"; a flag the record lacks (added
+    to the scripts since) counts at its default."""
+    wanted, parser = parse(argv)
+    differ = []
+    for key, value in wanted.items():
+        if key in NOT_DEFINING:
+            continue
+        had = recorded.get(key, json.loads(json.dumps(parser.get_default(key))))
+        if had != value:
+            differ.append(f"{key} {had!r} -> {value!r}")
+    return differ
+
+
+def decide(results, checkpoint, argv, digests=None):
+    """(status, why) of the job that writes ``results`` with the command ``argv``: "done",
+    "resume" or "fresh" (see the module's docstring). ``digests`` caches the samples' digests."""
+    try:
+        with open(results) as f:
+            run = json.load(f)
+        recorded = run["args"]
+    except FileNotFoundError:
+        if os.path.exists(checkpoint):
+            return "resume", "stopped before its first results"
+        return "fresh", ""
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        return "fresh", f"its results file cannot be read ({type(e).__name__})"
+    differ = other_settings(recorded, argv)
+    if differ:
+        return "fresh", "made with other settings: " + ", ".join(differ)
+    stale = stale_reason(os.path.dirname(results), run.get("sample_fingerprint"), digests)
+    if stale:
+        return "fresh", f"stale: {stale}"
+    if "final" in run:
+        return "done", ""
+    if os.path.exists(checkpoint):
+        return "resume", "unfinished"
+    return "fresh", "unfinished, without a checkpoint"
+
+
+def main():
+    digests = {}
+    for line in sys.stdin:
+        results, checkpoint, *argv = line.rstrip("\n").split("\t")
+        status, why = decide(results, checkpoint, argv, digests)
+        print(f"{status}\t{results}\t{why}")
+
+
+if __name__ == "__main__":
+    main()
