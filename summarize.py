@@ -1,7 +1,9 @@
 """Print a table of the runs in a save dir: each results file's final test accuracy (as the authors'
 scripts evaluate it, and with BatchNorm statistics re-estimated on the training data), its best
 epoch, final training loss and time. A results file made from other samples than those in the
-folder now is marked stale; one that cannot be read is named in one line, the others shown.
+folder now is marked stale, a subspace run whose diagnostics say it stalled (docs/files.md) is
+marked STALLED with its figures below; one that cannot be read is named in one line, the others
+shown.
 
     python summarize.py SAVE_DIR
 """
@@ -85,6 +87,21 @@ def final_bn(run):
     return (run.get("final") or {}).get("test_acc_bn")
 
 
+def stall(run):
+    """Why a subspace run's ``diagnostics`` call it stalled (its final training loss and the
+    figures beside it), or None: not stalled, or an older file without diagnostics."""
+    d = run.get("diagnostics")
+    if not (isinstance(d, dict) and d.get("stalled")):
+        return None
+
+    def number(key):
+        return "n/a" if d.get(key) is None else f"{d[key]:.4g}"
+    return (f"final training loss {number('final_train_loss')} >= {number('stall_threshold')} "
+            f"({d.get('rule', 'the stall rule')}); first projected gradient norm "
+            f"{number('first_projected_grad_norm')}, max distance from the start "
+            f"{number('max_distance')}, the trajectory's reach {number('trajectory_reach')}")
+
+
 def table(save_dir):
     problems = []
     runs = load_runs(save_dir, problems)
@@ -104,7 +121,10 @@ def table(save_dir):
         bn_text = f"{bn:.2f}%" if bn is not None else "n/a"
         lines.append(f"{label(tag):<{width}}{last['epoch']:>7}{last['test_acc']:>10.2f}%"
                      f"{bn_text:>19}{best:>9.2f}%{loss:>12.4f}{total:>9.1f}"
+                     + ("  STALLED" if stall(runs[tag]) else "")
                      + ("  STALE" if tag in stale else ""))
+    lines += [f"STALLED: results_{tag}.json: {stall(runs[tag])}"
+              for tag in sorted(runs, key=sort_key) if stall(runs[tag])]
     lines += [f"STALE: results_{tag}.json: {why}" for tag, why in sorted(stale.items())]
     return "\n".join(lines + problems)
 

@@ -39,12 +39,13 @@ def train_epoch(model, flat, opt, loader, progress, accumulate, amp, begin_step)
         last = {}
 
         def batch_loss(x, y, share):
-            """This process's share of the batch loss (1.0 alone: exact), and its mean loss."""
+            """This process's share of the batch loss (1.0 alone: the mean loss itself, as
+            multiplying by 1.0 changes nothing), and its mean loss."""
             begin_step()
             with utils.autocast(x.device, amp):
                 output = model(x)
             mean = F.cross_entropy(utils.full_precision(output), y)
-            return mean * share, mean, output
+            return mean if share == 1.0 else mean * share, mean, output
 
         def closure():
             if not torch.is_grad_enabled():  # a line-search try: the last batch, as the authors
@@ -88,6 +89,7 @@ def main(argv=None):
     # bf16: the Armijo test's f0 from a no-grad pass, as its tries (fp32 keeps the authors' f0)
     opt = utils.PBFGS(flat.params, run.basis_matrix, buffers=model.buffers(), alpha=args.alpha,
                       gamma=args.gamma, recompute_reference=run.amp == "bf16")
+    run.watch_first_step(opt, lambda: opt.state[flat.params[0]]["g_last"], after=True)  # P g
     if args.evaluate:
         return run.evaluate_only()
 

@@ -48,8 +48,10 @@ def train_epoch(model, flat, basis, loader, optimizer, scaler, progress, amp, be
             loss = F.cross_entropy(utils.full_precision(output), y)
         progress.check_finite(loss, i)
         flat.zero_grad()  # not optimizer.zero_grad(): the grads are views of the flat buffer
-        # The projection sums over processes: weight each by its share (1.0 alone: exact)
-        scaler.scale(loss * utils.global_batch_share(loader, i, y.shape[0])).backward()
+        # The projection sums over processes: weight each by its share (1.0 alone: no multiply,
+        # which would change nothing but cost two operations a step)
+        share = utils.global_batch_share(loader, i, y.shape[0])
+        scaler.scale(loss if share == 1.0 else loss * share).backward()
         # Project (and sum over processes) before unscaling, so every process sees the same
         # gradient when the scaler checks it for infinities.
         utils.project_gradients_(flat.params, basis)
@@ -89,6 +91,7 @@ def main(argv=None, parser=None, method="psgd", title="P-SGD"):
                                 weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones)
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp == "fp16")
+    run.watch_first_step(optimizer, lambda: flat.grad)  # diagnostics: P^T P g, unscaled
     if args.evaluate:
         return run.evaluate_only()
 

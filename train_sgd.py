@@ -95,8 +95,10 @@ def train_epoch(model, loader, optimizer, scaler, progress, amp, begin_step, cha
             loss = F.cross_entropy(utils.full_precision(output), y)
         progress.check_finite(loss, i)
         optimizer.zero_grad(set_to_none=True)
-        # DDP averages over processes: weight each by its share of the batch (1.0 alone: exact)
-        scaler.scale(loss * (utils.global_batch_share(loader, i, y.shape[0]) * processes)).backward()
+        # DDP averages over processes: weight each by its share of the batch (1.0 alone: no
+        # multiply, which would change nothing but cost two operations a step)
+        share = utils.global_batch_share(loader, i, y.shape[0]) * processes
+        scaler.scale(loss if share == 1.0 else loss * share).backward()
         scaler.step(optimizer)
         scaler.update()
         progress.update(i, loss, output, y)

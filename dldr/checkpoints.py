@@ -203,12 +203,32 @@ def load_resume(resume, save_dir, name, authors=False):
     path = find_resume_checkpoint(resume, save_dir, name)
     ckpt = safe_load(path)
     kind = checkpoint_kind(ckpt)
-    if kind == "run" or (kind == "authors" and authors):
+    if kind == "run" or (kind == "authors" and authors and _is_sample_of(ckpt, path, save_dir)):
         return path, ckpt
     instead = (f"; to start a new run from its weights, use --resume-weights {path}"
                if kind is not None else "")
     raise UsageError(f"--resume: {path} holds {describe_file(ckpt, path)}, not a checkpoint of "
                      f"this script to continue ({name}){instead}")
+
+
+def _is_sample_of(ckpt, path, save_dir):
+    """An authors' checkpoint records no run, but their train_sgd.py saved the same weights as
+    the sample of its epoch: it continues this folder's trajectory when it equals that sample.
+    Otherwise UsageError: it cannot be verified as this run's, or belongs to another."""
+    epoch = ckpt.get("epoch")
+    sample = os.path.join(save_dir, f"{epoch}.pt")
+    if not isinstance(epoch, int) or not os.path.isfile(sample):
+        raise UsageError(f"--resume: {path} is a checkpoint of the authors' scripts (epoch "
+                         f"{epoch}) without the sample {epoch}.pt in {save_dir} to check it "
+                         f"against, so it cannot be verified as this run's; to start a new run "
+                         f"from its weights, use --resume-weights {path}")
+    weights, saved = checkpoint_weights(ckpt, path), checkpoint_weights(safe_load(sample), sample)
+    if weights.keys() != saved.keys() or not all(torch.equal(weights[k], saved[k])
+                                                 for k in weights):
+        raise UsageError(f"--resume: {path} is a checkpoint of the authors' scripts whose weights "
+                         f"are not those of sample {epoch}.pt in {save_dir}: another run's; to "
+                         f"start a new run from its weights, use --resume-weights {path}")
+    return True
 
 
 def load_start_weights(path):

@@ -40,7 +40,8 @@ class EpochProgress:
         self.batch_time = self.data_time = 0.0  # sums, as the authors' AverageMeters
         self.batch_time_val = self.data_time_val = 0.0
         self.steps = self.fetches = 0
-        self.loss_sum = self.correct = self.nonfinite = None
+        self.loss_sum = self.correct = None
+        self.unchecked = []  # the losses since the last finiteness check, on the device
         self.seen = 0
         self.processes = world()[1]  # img/s counts every process (rank 0's count times this)
 
@@ -97,12 +98,14 @@ class EpochProgress:
         return 100.0 * self.correct.item() / max(self.seen, 1) if self.seen else 0.0
 
     def check_finite(self, loss, i):
-        """A non-finite loss stops the run: noted on the device every step, read back with the
-        progress lines and at the epoch's last batch, before anything of the epoch is written."""
-        bad = ~torch.isfinite(loss.detach())
-        self.nonfinite = bad if self.nonfinite is None else self.nonfinite | bad
-        if (i % self.print_freq == 0 or i == self.n - 1) and self.nonfinite.item():
-            raise NonFiniteLoss(f"non-finite loss at epoch {self.epoch}, by step {i}")
+        """A non-finite loss stops the run: each step's loss is kept (no device work), and those
+        kept are tested at once, read back with the progress lines and at the epoch's last
+        batch, before anything of the epoch is written."""
+        self.unchecked.append(loss.detach())
+        if i % self.print_freq == 0 or i == self.n - 1:
+            losses, self.unchecked = self.unchecked, []
+            if not torch.isfinite(torch.stack(losses)).all().item():
+                raise NonFiniteLoss(f"non-finite loss at epoch {self.epoch}, by step {i}")
 
 
 @torch.no_grad()

@@ -2,7 +2,10 @@
 loaded or written, the data and model, the trajectory's basis, the restart from a sample, and
 the life cycle of ``run.Run`` with the subspace's own start evaluation, coordinates and lines."""
 import contextlib
+import math
 import os
+
+import torch
 
 from .batches import bn_loader, make_loader, test_batch_size
 from .batchnorm import reestimate_bn
@@ -16,7 +19,7 @@ from .optim import FlatParameters
 from .progress import log, log_subspace_lists
 from .records import NOISE_RECORD, Results, check_noise_record, check_provenance
 from .run import Outputs, Run, samples_used
-from .samples import load_sample_into, sample_path
+from .samples import load_sample_into, load_state, sample_path
 from .training import (amp_mode, compile_model, make_deterministic, resolve_device,
                        seed_everything)
 from .trajectory import Trajectory, build_basis, check_basis_file
@@ -69,6 +72,61 @@ def load_data_and_model(o, device):
     model = build_model(o.arch, o.datasets, train_set.num_classes, device, o.dtype)
     seed_processes(o.randomseed)  # under torchrun: each process its own dropout
     return train_set, test_set, model
+
+
+# A run is "stalled" when its final training loss is at least this fraction of ln(classes), the
+# loss of a uniform guess: the runs of REPRODUCTION.md that never trained ended at 2.13-2.37
+# (ln 10 = 2.30, threshold 2.07); a model right on the clean labels scores 1.45 on labels 40%
+# redrawn (the worst noise there) and lower on less
+STALL_FRACTION = 0.9
+
+
+def stall_diagnostics(epochs, reach, num_classes):
+    """The ``diagnostics`` of a subspace run's results from its epoch rows (``distance``, and
+    ``first_projected_grad_norm`` in the row of its first step; older rows lack them: None),
+    the trajectory's ``reach`` and the number of classes, with the stall rule and its figures."""
+    rows = [e for e in epochs if "train_loss" in e]  # the start's row has none
+    first = next((e["first_projected_grad_norm"] for e in epochs
+                  if "first_projected_grad_norm" in e), None)
+    distances = [e["distance"] for e in epochs if "distance" in e]
+    final = rows[-1]["train_loss"] if rows else None
+    chance = math.log(num_classes)
+    threshold = STALL_FRACTION * chance
+    return {"first_projected_grad_norm": first,
+            "max_distance": max(distances) if distances else None,
+            "trajectory_reach": reach, "final_train_loss": final,
+            "stalled": final is not None and final >= threshold,
+            "rule": f"final_train_loss >= {STALL_FRACTION:g} ln(num_classes)",
+            "num_classes": num_classes, "chance_loss": chance, "stall_threshold": threshold}
+
+
+def stall_line(d):
+    """The log's one line on a stalled run (``stall_diagnostics``)."""
+    def number(x):
+        return "n/a" if x is None else f"{x:.4g}"
+    return (f"=> stalled: final training loss {d['final_train_loss']:.4f} >= "
+            f"{STALL_FRACTION:g} ln({d['num_classes']}) = {d['stall_threshold']:.4f} (a guess: "
+            f"{d['chance_loss']:.4f}); first projected gradient norm "
+            f"{number(d['first_projected_grad_norm'])}, max distance from the start "
+            f"{number(d['max_distance'])}, the trajectory's reach {number(d['trajectory_reach'])}")
+
+
+@torch.no_grad()
+def trajectory_reach(trajectory, model, w_start):
+    """max_i ||w_i - w_start|| over the trajectory's samples w_i (their trainable parameters, in
+    FlatParameters' order), in float64, one sample and one parameter at a time."""
+    start = w_start.detach().cpu()
+    names = [(n, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
+    reach = 0.0
+    for path in trajectory.paths:
+        state, offset = load_state(path, mmap=True), 0
+        total = torch.zeros((), dtype=torch.float64)
+        for name, n in names:
+            total += (state[name].reshape(-1).double()
+                      - start[offset:offset + n].double()).square().sum()
+            offset += n
+        reach = max(reach, math.sqrt(total.item()))
+    return reach
 
 
 def make_evaluator(o, model, eval_model, train_set, test_set, device, amp):
@@ -134,6 +192,7 @@ class SubspaceRun(Run):
                          fingerprint=samples_used(self.trajectory, self.start))
         make_deterministic(o.deterministic)
         self.device = init_distributed(resolve_device(o.device))  # from here on only rank 0 prints
+        self.first_gradient_norm = None  # diagnostics: the first step's, until its epoch's row
 
     def prepare(self):
         """The data (with the trajectory's label noise) and a model of the samples' architecture."""
@@ -210,7 +269,21 @@ class SubspaceRun(Run):
                     else f"sample {self.start}, the restart", keep=mean)
                 self.save_start(test_loss=start["test_loss"], test_acc=start["test_acc"],
                                 time=0.0, coords=[0.0] * len(self.basis_matrix))
+            self.reach = trajectory_reach(self.trajectory, self.model, self.w_start)
             yield self
+
+    def watch_first_step(self, optimizer, projected, after=False):
+        """Diagnostics: the norm of the first step's projected gradient, ``projected()`` read by
+        a hook of ``optimizer`` before its step (P-SGD: P^T P g in the gradients) or ``after`` it
+        (P-BFGS: the coordinates P g in its state), once on the device (no host sync: the epoch's
+        end reads it); not in a resumed run, whose checkpoint's rows keep the first run's."""
+        def hook(*_):
+            handle.remove()
+            if not self.resumed:
+                self.first_gradient_norm = torch.linalg.vector_norm(projected().detach(),
+                                                                    dtype=torch.float64)
+        handle = (optimizer.register_step_post_hook if after
+                  else optimizer.register_step_pre_hook)(hook)
 
     def epochs(self):
         log(f"Train: {(self.epoch, self.options.epochs)}")
@@ -220,14 +293,30 @@ class SubspaceRun(Run):
         return super().progress(epoch, self.options.epochs, self.options.print_freq)
 
     def end_epoch(self, progress, before=None, **after):
-        """Run.end_epoch with the weights' coordinates in the basis (from the restart)."""
-        coords = (self.basis_matrix @ (self.flat.data - self.w_start)).tolist()
-        super().end_epoch(progress, self.options.bn_reestimate, before=before, **after,
-                          coords=coords)
+        """Run.end_epoch with the weights' coordinates in the basis (from the restart), their
+        distance ||w - w_start|| from it and, in the first epoch's row, the first step's projected
+        gradient norm: all read in one host sync."""
+        moved = self.flat.data - self.w_start
+        coords = self.basis_matrix @ moved
+        extra = [torch.linalg.vector_norm(moved, dtype=torch.float64)]
+        first = self.first_gradient_norm
+        if first is not None:
+            extra.append(first)
+            self.first_gradient_norm = None
+        values, k = torch.cat([coords.double(), torch.stack(extra)]).tolist(), len(coords)
+        fields = dict(coords=values[:k], distance=values[k])
+        if first is not None:
+            fields["first_projected_grad_norm"] = values[k + 1]
+        super().end_epoch(progress, self.options.bn_reestimate, before=before, **after, **fields)
 
     def finish(self):
-        """The final evaluations, model and the authors' end-of-run lists."""
+        """The diagnostics (``stall_diagnostics``: one line when the run stalled), the final
+        evaluations, model and the authors' end-of-run lists."""
+        diagnostics = self.results.data["diagnostics"] = stall_diagnostics(
+            self.results.data["epochs"], self.reach, self.train_set.num_classes)
         total = super().finish(keep_bn=self.options.bn_reestimate)
         log_subspace_lists(self.results.data["epochs"], total, self.best_prec1,
                            epoch_times=self.epoch_times)
+        if diagnostics["stalled"]:
+            log(stall_line(diagnostics))
         self.done(self.title, f"model in {os.path.join(self.save_dir, self.outputs.model)}")

@@ -422,3 +422,33 @@ def test_twa_and_swa_run_on_the_authors_folder(authors_folder):
     weights = torch.cat([saved[n].reshape(-1).double() for n, _ in
                          models.build("resnet8", 10).named_parameters()])
     assert torch.equal(weights.float(), mean.float())
+
+
+def test_sgd_resumes_the_authors_checkpoint_only_where_its_sample_vouches_for_it(
+        authors_folder, tmp_path, capsys):
+    """Their checkpoint records no run; it is this folder's when its weights are the sample of
+    its epoch (their train_sgd.py saved both). Elsewhere, or with other weights: one line, exit 2."""
+    import shutil
+    folder, _, data = authors_folder
+    common = ["--datasets", "CIFAR10", "--data-root", data, "--arch", "resnet8", "--device", "cpu",
+              "--epochs", 4, "--batch-size", 50]
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(folder / "checkpoint_refine_0.th", lone)
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    ckpt = torch.load(other / "checkpoint_refine_0.th", weights_only=True)
+    first = next(iter(ckpt["state_dict"]))
+    ckpt["state_dict"][first] = ckpt["state_dict"][first] + 1
+    torch.save(ckpt, other / "checkpoint_refine_0.th")
+    for where, said in ((lone, "cannot be verified as this run's"), (other, "another run's")):
+        before = sorted(p.name for p in where.iterdir())
+        assert run_here("train_sgd.py", *common, "--save-dir", where, "--resume",
+                        where / "checkpoint_refine_0.th") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and said in err[0] and "--resume-weights" in err[0], err
+        assert sorted(p.name for p in where.iterdir()) == before
+    own = tmp_path / "own"
+    shutil.copytree(folder, own)
+    assert utils.load_resume(str(own / "checkpoint_refine_0.th"), str(own), "checkpoint.pt",
+                             authors=True)[0] == str(own / "checkpoint_refine_0.th")

@@ -33,9 +33,31 @@ def runs(data_args):
              "--dtype", "float64"])
 
 
+def run_in_torchrun(scripts, audit):
+    """The scripts (lists of a script's name and arguments) one after another in one torchrun
+    launch of 2 processes (tests/torchrun_audit.py); returns rank 0's output."""
+    argv = [str(a) for run in scripts for a in [*run, ":::"]][:-1]
+    env = dict(os.environ, DLDR_AUDIT_DIR=str(audit), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", os.path.join(ROOT, "tests", "torchrun_audit.py"),
+                          *argv], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out.stdout
+
+
+ZOO = ["--smalldatasets", "0.5", "--print-freq", "1", "--batch-size", "32"]
+Z = 4  # the zoo's scripts follow the 4 of ``launch`` in the one launch: their audit numbers
+
+
 @pytest.fixture(scope="module")
-def launch(tmp_path_factory, runs):
-    """One torchrun launch, 2 processes: SGD sampling, then P-BFGS and P-SGD on its samples."""
+def both_launches(tmp_path_factory, runs, data_args):
+    """One torchrun launch, 2 processes (one start-up for all), of two sets of scripts; returns
+    (folder, rank 0's output of each set, the audit folder).
+
+    First (``launch``): SGD sampling, then P-BFGS, P-SGD and TWA on its samples.
+    Then (``zoo_launch``) the networks whose steps leave parameters without gradient
+    (tests/tiny_models.py): stochastic depth's SGD straight for 2 epochs, and stopped after 1
+    then resumed; P-BFGS and P-SGD on its samples; nasnet's SGD; the generators probe."""
     tmp = tmp_path_factory.mktemp("ddp")
     save, audit = tmp / "save", tmp / "audit"
     audit.mkdir()
@@ -44,13 +66,27 @@ def launch(tmp_path_factory, runs):
                ["train_pbfgs.py", *pbfgs, "--save-dir", save, "--output-tag", "two"],
                ["train_psgd.py", *psgd, "--save-dir", save],
                ["train_twa.py", *twa, "--save-dir", save, "--output-tag", "two"]]
-    argv = [str(a) for run in scripts for a in [*run, ":::"]][:-1]
-    env = dict(os.environ, DLDR_AUDIT_DIR=str(audit), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node", "2", os.path.join(ROOT, "tests", "torchrun_audit.py"),
-                          *argv], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    return save, out.stdout, audit
+    sd = [*data_args, *ZOO, "--arch", "tiny_stochasticdepth", "--lr", "0.05"]
+    scripts += [["train_sgd.py", *sd, "--epochs", 2, "--save-dir", tmp / "straight"],
+                ["train_sgd.py", *sd, "--epochs", 1, "--save-dir", tmp / "resumed"],
+                ["train_sgd.py", *sd, "--epochs", 2, "--save-dir", tmp / "resumed", "--resume"],
+                ["train_pbfgs.py", *sd, *SUB, "--epochs", 1, "--save-dir", tmp / "straight"],
+                ["train_psgd.py", *sd, *SUB, "--epochs", 1, "--lr", 0.3, "--save-dir",
+                 tmp / "straight"],
+                ["train_sgd.py", *data_args, *ZOO, "--arch", "tiny_nasnet", "--epochs", 1,
+                 "--lr", 0.05, "--save-dir", tmp / "nasnet"],
+                ["rng_probe"]]
+    stdout = run_in_torchrun(scripts, audit)
+    marker = f"::: script {Z}\n"
+    assert stdout.count(marker) == 1
+    first, zoo = stdout.split(marker)
+    return tmp, (first, zoo), audit
+
+
+@pytest.fixture(scope="module")
+def launch(both_launches):
+    tmp, (stdout, _), audit = both_launches
+    return tmp / "save", stdout, audit
 
 
 def files_written(audit, rank):
@@ -144,34 +180,10 @@ def test_twa_from_the_mean_two_processes_match_one(launch, runs):
     assert torch.allclose(params2, params1, rtol=1e-9, atol=1e-12)
 
 
-ZOO = ["--smalldatasets", "0.5", "--print-freq", "1", "--batch-size", "32"]
-
-
 @pytest.fixture(scope="module")
-def zoo_launch(tmp_path_factory, data_args):
-    """One torchrun launch, 2 processes, of the networks whose steps leave parameters without
-    gradient (tests/tiny_models.py): stochastic depth's SGD straight for 2 epochs, and stopped
-    after 1 then resumed; P-BFGS and P-SGD on its samples; nasnet's SGD; the generators probe."""
-    tmp = tmp_path_factory.mktemp("ddp_zoo")
-    audit = tmp / "audit"
-    audit.mkdir()
-    sd = [*data_args, *ZOO, "--arch", "tiny_stochasticdepth", "--lr", "0.05"]
-    scripts = [["train_sgd.py", *sd, "--epochs", 2, "--save-dir", tmp / "straight"],
-               ["train_sgd.py", *sd, "--epochs", 1, "--save-dir", tmp / "resumed"],
-               ["train_sgd.py", *sd, "--epochs", 2, "--save-dir", tmp / "resumed", "--resume"],
-               ["train_pbfgs.py", *sd, *SUB, "--epochs", 1, "--save-dir", tmp / "straight"],
-               ["train_psgd.py", *sd, *SUB, "--epochs", 1, "--lr", 0.3, "--save-dir",
-                tmp / "straight"],
-               ["train_sgd.py", *data_args, *ZOO, "--arch", "tiny_nasnet", "--epochs", 1,
-                "--lr", 0.05, "--save-dir", tmp / "nasnet"],
-               ["rng_probe"]]
-    argv = [str(a) for run in scripts for a in [*run, ":::"]][:-1]
-    env = dict(os.environ, DLDR_AUDIT_DIR=str(audit), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node", "2", os.path.join(ROOT, "tests", "torchrun_audit.py"),
-                          *argv], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    return tmp, out.stdout, audit
+def zoo_launch(both_launches):
+    tmp, (_, stdout), audit = both_launches
+    return tmp, stdout, audit
 
 
 def test_networks_that_leave_parameters_unused_train_under_torchrun(zoo_launch):
@@ -186,12 +198,12 @@ def test_networks_that_leave_parameters_unused_train_under_torchrun(zoo_launch):
     unused = utils.unused_parameters(nasnet.train(), (2, 3, 32, 32))
     assert unused and all(".fit." in name for name in unused)
     assert utils.unused_parameters(models.build("resnet8").train(), (2, 3, 32, 32)) == []
-    for run, folder in ((0, "straight"), (5, "nasnet")):
+    for run, folder in ((Z, "straight"), (Z + 5, "nasnet")):
         params = final_params(audit, run)  # both ranks equal, and trained
         results = json.loads((tmp / folder / "results_sgd.json").read_text())
         assert torch.isfinite(params).all() and results["final"]["test_acc"] >= 0
     # stochastic depth's draws agree over the processes: the subspace runs kept in step
-    for run, name in ((3, "results_pbfgs.json"), (4, "results_psgd.json")):
+    for run, name in ((Z + 3, "results_pbfgs.json"), (Z + 4, "results_psgd.json")):
         final_params(audit, run)
         assert json.loads((tmp / "straight" / name).read_text())["final"]["test_loss"] > 0
 
@@ -200,7 +212,7 @@ def test_torchrun_resume_equals_the_straight_run(zoo_launch):
     """Stopped after epoch 1 and resumed to 2 under torchrun: bit for bit the run that went
     straight to 2 (every process's generators, stochastic depth's among them, restored)."""
     tmp, _, audit = zoo_launch
-    assert torch.equal(final_params(audit, 0), final_params(audit, 2))
+    assert torch.equal(final_params(audit, Z), final_params(audit, Z + 2))
     straight, resumed = (utils.load_state(str(tmp / d / "2.pt")) for d in ("straight", "resumed"))
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
@@ -212,7 +224,8 @@ def test_each_process_keeps_its_own_generators(zoo_launch):
     """The probe asserted in each process that its saved generators come back; the draws of
     the two processes differ (each its own stream, not rank 0's copy)."""
     _, _, audit = zoo_launch
-    p0, p1 = (torch.load(audit / f"params_rank{r}_6.pt", weights_only=True) for r in (0, 1))
+    p0, p1 = (torch.load(audit / f"params_rank{r}_{Z + 6}.pt", weights_only=True)
+              for r in (0, 1))
     assert not torch.equal(p0, p1)
 
 

@@ -94,6 +94,8 @@ def main():
     from dldr.files import release_locks
     try:
         for i, (script, argv) in enumerate(runs(sys.argv[1:])):
+            if RANK == "0":  # where each script's output starts, for the tests
+                print(f"::: script {i}", flush=True)
             if script == "rng_probe":
                 model = rng_probe(argv)
             else:
