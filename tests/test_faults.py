@@ -72,6 +72,7 @@ def runs(tmp_path_factory, sgd_args):
             proc.kill()
 
 
+@pytest.mark.end_to_end
 def test_a_second_writer_on_the_folder_exits_2_and_leaves_the_first_intact(runs, sgd_reference,
                                                                           sgd_args, data_args,
                                                                           capsys):

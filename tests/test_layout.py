@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 import models
 from conftest import ROOT
 
@@ -27,6 +29,7 @@ print(json.dumps({"dldr": dldr.__file__, "models": models.__file__, "steps": len
 """
 
 
+@pytest.mark.end_to_end
 def test_readme_loop_runs_from_another_folder_with_the_installed_package(tmp_path):
     """The README's own-loop section, as a user runs it: in a folder outside the repository, with
     no PYTHONPATH, so ``import dldr`` and ``import models`` come from the installed package."""

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import models
+import utils
 from conftest import REFERENCE, ROOT
 
 with open(REFERENCE) as f:
@@ -38,11 +39,11 @@ def test_architecture_size_forward_and_backward(name):
     assert out.shape == (2, 100)
     F.cross_entropy(out, torch.tensor([0, 99])).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
-    if models.family(name) in ("stochasticdepth", "nasnet"):
-        # Dropped blocks get no gradient that step; NASNet keeps adapters it never uses.
-        assert len(missing) < len(list(model.parameters()))
-    else:
-        assert not missing, missing[:3]
+    if missing:  # the network says so itself, as DDP under torchrun is told (not by a list)
+        if any(getattr(m, "drops_branches", False) for m in model.modules()):
+            assert len(missing) < len(list(model.parameters()))  # dropped blocks, this step
+        else:  # parameters no forward uses (nasnet's adapters), found on the meta device too
+            assert missing == utils.unused_parameters(model, (2, 3, 32, 32))
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
