@@ -9,7 +9,8 @@ import torch
 
 from .batches import bn_loader, make_loader, test_batch_size
 from .batchnorm import reestimate_bn
-from .checkpoints import fast_forward, find_resume_checkpoint, load_weights
+from .checkpoints import (fast_forward, find_resume_checkpoint, load_start_weights,
+                          load_weights)
 from .cli import UsageError
 from .data import check_dataset_name, load_data
 from .distributed import init_distributed, seed_processes, sync_batchnorm
@@ -19,7 +20,7 @@ from .optim import FlatParameters
 from .progress import log, log_subspace_lists
 from .records import NOISE_RECORD, Results, check_noise_record, check_provenance
 from .run import Outputs, Run, samples_used
-from .samples import load_sample_into, load_state, sample_path
+from .samples import load_sample_into, load_state, param_vector_from_state, sample_path
 from .training import (amp_mode, compile_model, make_deterministic, resolve_device,
                        seed_everything)
 from .trajectory import Trajectory, build_basis, check_basis_file
@@ -259,14 +260,20 @@ class SubspaceRun(Run):
         with self.writing(model=self.model, stateful=stateful,
                           train_loader=self.train_loader, results=self.results,
                           evaluator=self.evaluator, start_epoch=o.start_epoch):
+            weights = self.identity.get("resumed_from_weights")
+            if weights:  # training starts from that file's weights: coordinates are taken there
+                self.w_start = (self.flat.data.clone() if not self.resumed else
+                                param_vector_from_state(load_start_weights(weights)[1],
+                                                        self.model).to(self.flat.data))
             if not self.resumed:
                 if scheduler is not None:
                     fast_forward(scheduler, o.start_epoch)
                 # From the mean, training keeps the re-estimated statistics (TWA's BatchNorm update)
                 mean = self.start == "mean"
                 start = self.results.data["start"] = self.evaluator.twice(
+                    f"the weights of {weights} (--resume-weights), the start" if weights else
                     f"the mean of samples {self.trajectory.describe()}, the start" if mean
-                    else f"sample {self.start}, the restart", keep=mean)
+                    else f"sample {self.start}, the restart", keep=mean and not weights)
                 self.save_start(test_loss=start["test_loss"], test_acc=start["test_acc"],
                                 time=0.0, coords=[0.0] * len(self.basis_matrix))
             self.reach = trajectory_reach(self.trajectory, self.model, self.w_start)

@@ -284,6 +284,11 @@ def test_a_finished_run_is_replaced_only_with_overwrite_and_resume_weights_is_re
     # its start is the old run's final model: the same evaluation, to the bit
     assert new["start"]["test_acc"] == old["final"]["test_acc"] == old["epochs"][-1]["test_acc"]
     assert new["start"]["test_loss"] == old["final"]["test_loss"]
+    # its coordinates and distance are taken from where it started: those weights
+    model = models.build("resnet8", 10)
+    start, end = (utils.param_vector_from_state(utils.load_state(str(p)), model).double()
+                  for p in (weights, folder / "PSGD.pt"))
+    assert new["epochs"][-1]["distance"] == pytest.approx((end - start).norm().item(), rel=1e-5)
     # Resumed without the flag (as the resume command line drops it), the run keeps its record
     ckpt = torch.load(folder / "checkpoint_psgd.pt", weights_only=True)
     identity = {k: v for k, v in ckpt["run"].items() if k != "resumed_from_weights"}
