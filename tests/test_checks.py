@@ -289,6 +289,13 @@ def test_a_finished_run_is_replaced_only_with_overwrite_and_resume_weights_is_re
     start, end = (utils.param_vector_from_state(utils.load_state(str(p)), model).double()
                   for p in (weights, folder / "PSGD.pt"))
     assert new["epochs"][-1]["distance"] == pytest.approx((end - start).norm().item(), rel=1e-5)
+    # and so after a resume, which reads them again from the file the record names
+    assert run_here("train_psgd.py", *DIGITS_SUB, "--save-dir", folder, "--epochs", 2,
+                    "--batch-size", 256, "--lr", 0.3, "--resume") == 0
+    end = utils.param_vector_from_state(utils.load_state(str(folder / "PSGD.pt")), model).double()
+    extended = json.load(open(folder / "results_psgd.json"))
+    assert extended["epochs"][-1]["distance"] == pytest.approx((end - start).norm().item(),
+                                                               rel=1e-5)
     # Resumed without the flag (as the resume command line drops it), the run keeps its record
     ckpt = torch.load(folder / "checkpoint_psgd.pt", weights_only=True)
     identity = {k: v for k, v in ckpt["run"].items() if k != "resumed_from_weights"}
