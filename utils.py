@@ -41,9 +41,9 @@ from dldr.cli import (ArgumentParser, SubspaceOptions, UsageError, add_common_ar
 from dldr.data import (CIFAR100_MEAN, FOLDER_DATASETS, IMAGENET_MEAN, IMAGENET_STD, FolderSet,
                        ImageSet, check_dataset_name, folder_classes, load_data, load_digits,
                        load_folder, load_mnist, load_synthetic, noisy_labels)
-from dldr.distributed import (all_reduce_sum_, distributed_model, global_batch_share,
-                              init_distributed, is_main_process, seed_processes, sync_batchnorm,
-                              unused_parameters, world)
+from dldr.distributed import (all_reduce_sum_, distributed_model, drops_branches,
+                              global_batch_share, init_distributed, is_main_process,
+                              seed_processes, sync_batchnorm, unused_parameters, world)
 from dldr.files import (Interrupted, OutputLock, WriteError, atomic_torch_save, atomic_write,
                         atomic_write_json, check_writable_dir, safe_load)
 from dldr.networks import build_model, check_arch_name, new_model, pretrained_state

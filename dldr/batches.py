@@ -52,6 +52,7 @@ class MemoryLoader:
         self.labels = data.labels.to(device)
         self.mean = torch.tensor(data.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(data.std, device=device).view(1, 3, 1, 1)
+        self.spans = self._batches()
 
     def _batches(self):
         """(start, end) of the batches this process iterates over, in positions of ``order``."""
@@ -64,13 +65,11 @@ class MemoryLoader:
         return [(s, min(s + b, n)) for s in range(0, n, b) if min(s + b, n) - s >= w]
 
     def __len__(self):
-        return len(self._batches())
+        return len(self.spans)
 
     def global_batch_size(self, i):
         """Images in global batch ``i`` (all processes' parts of it together)."""
-        if i == 0 or not hasattr(self, "_spans"):
-            self._spans = self._batches()
-        start, end = self._spans[i]
+        start, end = self.spans[i]
         return end - start
 
     def __iter__(self):
@@ -86,7 +85,7 @@ class MemoryLoader:
             offsets, flips = offsets.to(self.device), flips.to(self.device)
         order = order.to(self.device)
         size = self.data.images.shape[-1]
-        for start, end in self._batches():
+        for start, end in self.spans:
             if self.split_batches and self.world_size > 1:  # this process's part of the batch
                 part = torch.tensor_split(torch.arange(start, end), self.world_size)[self.rank]
                 start, end = int(part[0]), int(part[-1]) + 1

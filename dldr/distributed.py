@@ -145,6 +145,12 @@ def sync_batchnorm(model, device):
     return model
 
 
+def drops_branches(model):
+    """Whether a training forward of ``model`` may leave layers out at random (layers that say
+    ``drops_branches``, such as stochastic depth's blocks)."""
+    return any(getattr(m, "drops_branches", False) for m in model.modules())
+
+
 def unused_parameters(model, input_shape):
     """Names of the trainable parameters that a training forward of ``model`` on a batch of
     ``input_shape`` leaves out of the graph (e.g. nasnet's unused adapters), found on the meta
@@ -181,7 +187,7 @@ def distributed_model(model, device, input_shape):
     if world()[1] == 1:
         return model
     ddp = torch.nn.parallel.DistributedDataParallel
-    dynamic = any(getattr(m, "drops_branches", False) for m in model.modules())
+    dynamic = drops_branches(model)
     unused = [] if dynamic else unused_parameters(model, input_shape)
     if dynamic or unused:
         print("=> DDP finds unused parameters at every step: "

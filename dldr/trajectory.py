@@ -16,6 +16,7 @@ from .cli import UsageError
 from .files import atomic_torch_save, safe_load
 from .optim import trainable_parameters
 from .progress import log
+from .records import samples_fingerprint
 from .samples import (check_sample_range, check_state_matches, load_sample_matrix, load_state,
                       sample_path)
 
@@ -99,15 +100,7 @@ class Trajectory:
     def fingerprint(self):
         """SHA-256 over the samples' numbers and contents: changes whenever a sample does."""
         if self._fingerprint is None:
-            total = hashlib.sha256()
-            for epoch, path in zip(self.epochs, self.paths):
-                total.update(f"{epoch}:".encode())
-                digest = hashlib.sha256()
-                with open(path, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 24), b""):
-                        digest.update(chunk)
-                total.update(digest.digest())
-            self._fingerprint = total.hexdigest()
+            self._fingerprint = samples_fingerprint(self.save_dir, self.epochs)
         return self._fingerprint
 
 

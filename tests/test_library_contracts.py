@@ -15,6 +15,7 @@ import dldr.optim
 import train_pbfgs
 import utils
 from conftest import DIGITS_SUB
+from test_pbfgs import pbfgs_step
 from dldr.optim import NonFiniteError
 from utils import PBFGS, FlatParameters, project_gradients_
 
@@ -301,23 +302,16 @@ def test_pbfgs_checks_its_basis_again_after_an_in_place_change(monkeypatch):
     check = dldr.optim._check_basis_values
     monkeypatch.setattr(dldr.optim, "_check_basis_values",
                         lambda b, tol: (checked.append(tol), check(b, tol)))
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        if torch.is_grad_enabled():
-            loss.backward()
-        return loss
-    opt.step(closure)
-    opt.step(closure)
+    pbfgs_step(opt, model, x, y)
+    pbfgs_step(opt, model, x, y)
     assert checked == []  # unchanged: not checked again
     basis[1] *= -1  # still orthonormal: checked, accepted
-    opt.step(closure)
+    pbfgs_step(opt, model, x, y)
     assert checked == [1e-8]
     weights, buffers = flat_vector(model.parameters()), flat_vector(model.buffers())
     basis[0] *= 2
     with pytest.raises(ValueError, match="not orthonormal"):
-        opt.step(closure)
+        pbfgs_step(opt, model, x, y)
     assert torch.equal(flat_vector(model.parameters()), weights)
     assert torch.equal(flat_vector(model.buffers()), buffers)
     assert len(opt.search_steps) == 3 and checked == [1e-8, 1e-8]

@@ -40,7 +40,7 @@ def test_architecture_size_forward_and_backward(name):
     F.cross_entropy(out, torch.tensor([0, 99])).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     if missing:  # the network says so itself, as DDP under torchrun is told (not by a list)
-        if any(getattr(m, "drops_branches", False) for m in model.modules()):
+        if utils.drops_branches(model):
             assert len(missing) < len(list(model.parameters()))  # dropped blocks, this step
         else:  # parameters no forward uses (nasnet's adapters), found on the meta device too
             assert missing == utils.unused_parameters(model, (2, 3, 32, 32))

@@ -18,23 +18,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import models  # noqa: E402
-from dldr.distributed import unused_parameters  # noqa: E402
+from dldr.distributed import drops_branches, unused_parameters  # noqa: E402
 
 
-def leaves_parameters_unused(name):
-    with torch.device("meta"):
-        model = models.build(name, 10).train()
-    if any(getattr(m, "drops_branches", False) for m in model.modules()):
-        return True
-    return bool(unused_parameters(model, (2, 3, 32, 32)))
+def leaves_parameters_unused(model):
+    return drops_branches(model) or bool(unused_parameters(model, (2, 3, 32, 32)))
 
 
 def main():
     found = {}
     for name in models.names():
-        if leaves_parameters_unused(name):
-            with torch.device("meta"):
-                size = sum(p.numel() for p in models.build(name, 10).parameters())
+        with torch.device("meta"):
+            model = models.build(name, 10).train()
+        if leaves_parameters_unused(model):
+            size = sum(p.numel() for p in model.parameters())
             family = models.family(name)
             if family not in found or size < found[family][1]:
                 found[family] = (name, size)
