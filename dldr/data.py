@@ -1,5 +1,8 @@
 """Datasets: whole splits in memory (CIFAR, DIGITS, synthetic) or image folders on disk (ImageNet,
 folder), with --smalldatasets and --corrupt applied the same way in every script."""
+import functools
+import gzip
+import importlib.util
 import os
 
 import numpy as np
@@ -86,13 +89,26 @@ _DIGITS_TEST_MASK = (
     "2120138a41500")
 
 
+@functools.lru_cache(maxsize=1)
+def digits_arrays():
+    """(images (1797, 64) float64, labels) of scikit-learn's bundled digits. Read from its data
+    file as its ``load_digits`` reads it, without importing scikit-learn, whose import costs every
+    process seconds (BENCHMARKS.md); its own loader where the file is not in the usual place."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    if spec is None:
+        raise UsageError("--datasets DIGITS needs scikit-learn; pip install scikit-learn")
+    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    if not os.path.isfile(path):
+        from sklearn.datasets import load_digits as sklearn_digits
+        return sklearn_digits(return_X_y=True)
+    with gzip.open(path, mode="rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1], data[:, -1].astype(int, copy=False)
+
+
 def load_digits(train, root=None):
     """scikit-learn's bundled 8x8 digits, resized to 3x32x32; a fixed stratified 1437/360 split."""
-    try:
-        from sklearn.datasets import load_digits as sklearn_digits
-    except ImportError:
-        raise UsageError("--datasets DIGITS needs scikit-learn; pip install scikit-learn")
-    images, labels = sklearn_digits(return_X_y=True)
+    images, labels = digits_arrays()
     x = torch.tensor(images.reshape(-1, 8, 8), dtype=torch.float32)[:, None] / 16.0
     x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()

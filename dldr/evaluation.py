@@ -40,11 +40,12 @@ class Evaluator:
         log(f"=> BatchNorm statistics re-estimated: Prec@1 {bn[1]:.3f}\tLoss {bn[0]:.4f}")
         return loss, acc, {"test_loss_bn": bn[0], "test_acc_bn": bn[1]}
 
-    def twice(self, label, keep=False):
+    def twice(self, label, keep=False, authors=None):
         """The weights judged twice, on one ``=> label:`` line: as the authors' scripts evaluate
-        them, and with BatchNorm statistics re-estimated (kept in the model with ``keep``).
-        Returns the results file's "start" or "final" object."""
-        loss, acc = self.test(lines=False)
+        them (``authors``: that evaluation already made of these weights and statistics, the last
+        epoch's, not made again), and with BatchNorm statistics re-estimated (kept in the model
+        with ``keep``). Returns the results file's "start" or "final" object."""
+        loss, acc = authors if authors is not None else self.test(lines=False)
         bn = self.reestimated(keep=keep)
         loss_bn, acc_bn = bn if bn is not None else (loss, acc)
         log(f"=> {label}: Prec@1 {acc:.3f}\tLoss {loss:.4f}; " + (

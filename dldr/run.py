@@ -97,6 +97,7 @@ class Run:
         self.save_dir, self.outputs, self.identity = save_dir, outputs, identity
         self.sample_dir, self.keep_every = sample_dir, keep_every
         self.overwrite, self.fingerprint = overwrite, fingerprint
+        self.last_test = None  # the last epoch's authors' evaluation, while the weights are its
         self.lock = OutputLock(save_dir, outputs.lock, outputs.describe())
         self.resume = self.weights = None  # (path, checkpoint) to continue; (path, state) to start
         if resume and overwrite:
@@ -177,6 +178,7 @@ class Run:
         for epoch in range(self.epoch, end):
             self.state.epoch = epoch
             self.epoch_start = time.time()
+            self.last_test = None  # the weights change: the last evaluation no longer reads them
             yield epoch
         self.state.trained = True
 
@@ -190,6 +192,7 @@ class Run:
         script's own fields, around the times), its checkpoint, sample and results."""
         train_time = time.time() - self.epoch_start
         test_loss, prec1, bn_fields = self.evaluator.after_epoch(reestimate)
+        self.last_test = (test_loss, prec1)  # of the weights as they are: finish reuses it
         self.best_prec1 = max(self.best_prec1, prec1)
         row = dict(epoch=self.state.epoch + 1, train_loss=progress.loss,
                    train_acc=progress.accuracy, test_loss=test_loss, test_acc=prec1,
@@ -213,7 +216,8 @@ class Run:
     def finish(self, keep_bn=False):
         """The final weights judged twice (the authors' way, and with BatchNorm statistics
         re-estimated, which the model keeps with ``keep_bn``), the results, the final model."""
-        self.results.data["final"] = self.evaluator.twice("final", keep=keep_bn)
+        self.results.data["final"] = self.evaluator.twice("final", keep=keep_bn,
+                                                          authors=self.last_test)
         self.results.data["peak_memory_bytes"] = peak_memory_bytes(self.device)
         self.results.save()
         if self.outputs.model:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The paper's claims tested on scikit-learn's DIGITS (offline, CPU), in the paper's proportions;
-# experiments/report.py writes REPRODUCTION.md and its figure from the measured runs.
+# experiments/report.py writes REPRODUCTION.md and its figures from the measured runs.
 #
-#   experiments/digits.sh                all runs (about an hour on 2 cores), then the report
+#   experiments/digits.sh                all runs (roughly 2 hours on 2 cores), then the report
 #   REPORT_ONLY=1 experiments/digits.sh  rebuild the report from the runs already in RUNS_DIR
 #
 # Proportions (the paper: 150 SGD epochs, first LR drop at 100, basis from samples 0..80 with 40
@@ -15,6 +15,12 @@
 # same samples: TWA (train_twa.py with its recipe: the span, from the mean, 10/200 of SGD's
 # epochs as in its CIFAR setting) and SWA (swa.py), from the samples before the drop and from the
 # late ones.
+# Sensitivity runs, NOT the paper's setting (the report keeps them apart from the verdicts): at
+# every noise level and seed, P-SGD with the main size MAIN_K (the SIZES entry nearest half the
+# basis's samples, as the report picks it) and TWA on the samples before the drop, both at lr
+# SENSITIVITY_LR (0.5, as experiments/report.py's SENSITIVITY_LR) instead of their recipes' 1 and
+# 2; their results files carry the lr in their tag (results_psgd_k8_lr0.5.json,
+# results_twa_lr0.5.json).
 # A run is not made again when its results file is complete and records every setting of the
 # command that would make it now (experiments/reuse.py compares them, and the samples it came
 # from): an interrupted script picks up where it stopped, and other settings (ARCH, SMALL, ...)
@@ -22,14 +28,14 @@
 # every job (results file, checkpoint, command, tab-separated) and runs nothing. Every run is
 # seeded and single-threaded (THREADS=1).
 # Settings (environment variables, defaults in brackets):
-#   SEEDS ["1 2 3"]  NOISES ["0 0.2 0.4"]  SIZES ["4 8 12"]  ARCH [resnet20]  SGD_EPOCHS [30]
+#   SEEDS ["1 2 3 4 5"]  NOISES ["0 0.2 0.4"]  SIZES ["4 8 12"]  ARCH [resnet20]  SGD_EPOCHS [30]
 #   SMALL [unset: --smalldatasets fraction, for quick checks]  JOBS [nproc]  THREADS [1]
 #   RUNS_DIR [experiments/runs/digits]  REPORT [REPRODUCTION.md]  PYTHON [python]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export PY=${PYTHON:-python}
-export SEEDS=${SEEDS:-"1 2 3"} NOISES=${NOISES:-"0 0.2 0.4"} SIZES=${SIZES:-"4 8 12"}
+export SEEDS=${SEEDS:-"1 2 3 4 5"} NOISES=${NOISES:-"0 0.2 0.4"} SIZES=${SIZES:-"4 8 12"}
 export ARCH=${ARCH:-resnet20} SGD_EPOCHS=${SGD_EPOCHS:-30} SMALL=${SMALL:-}
 export RUNS_DIR=${RUNS_DIR:-experiments/runs/digits}
 REPORT=${REPORT:-REPRODUCTION.md}
@@ -50,6 +56,14 @@ export LATE_K=$(( (LATE_END - LATE_START) / 2 ))
 if (( PARAMS_END > DROP || PBFGS_EPOCHS < 1 || PSGD_DROP < 1 || LATE_K < 1 )); then
     echo "SGD_EPOCHS=$SGD_EPOCHS is too small for the paper's proportions (try 30)" >&2; exit 2
 fi
+# The main size, as experiments/report.py picks it: the first SIZES entry nearest half the basis's
+# PARAMS_END samples (|2k - PARAMS_END| smallest, in whole numbers); 8 with the defaults
+MAIN_K=
+for k in $SIZES; do
+    off=$(( 2 * k - PARAMS_END )) best=$(( 2 * ${MAIN_K:-0} - PARAMS_END ))
+    if [[ -z $MAIN_K ]] || (( ${off#-} < ${best#-} )); then MAIN_K=$k; fi
+done
+export MAIN_K SENSITIVITY_LR=0.5  # the sensitivity runs' lr (not the paper's setting)
 
 job() {  # job METHOD NOISE SEED [K]: run it as the plan ($PLAN) says; with LIST=1 print it only
     local method=$1 noise=$2 seed=$3 k=${4:-}
@@ -57,11 +71,14 @@ job() {  # job METHOD NOISE SEED [K]: run it as the plan ($PLAN) says; with LIST
     local common=(--datasets DIGITS --arch "$ARCH" --device cpu --randomseed "$seed"
                   --corrupt "$noise" --save-dir "$dir" --print-freq 1000)
     [[ -n "$SMALL" ]] && common+=(--smalldatasets "$SMALL")
-    local early=(--params_start 0 --params_end "$PARAMS_END" --n_components "$k" --output-tag "k$k")
+    # The paper's P-SGD lr, or the sensitivity run's (its tag says so: results_psgd_k8_lr0.5.json)
+    local psgd_lr=1 tag="k$k"
+    [[ $method == psgd_sensitivity ]] && psgd_lr=$SENSITIVITY_LR tag="k${k}_lr$SENSITIVITY_LR"
+    local early=(--params_start 0 --params_end "$PARAMS_END" --n_components "$k" --output-tag "$tag")
     local late=(--params_start "$LATE_START" --params_end "$LATE_END" --n_components "$LATE_K"
                 --output-tag late)
     local pbfgs=(train_pbfgs.py "${common[@]}" --epochs "$PBFGS_EPOCHS" --batch-size 128)
-    local psgd=(train_psgd.py "${common[@]}" --epochs "$PSGD_EPOCHS" --lr 1 --batch-size 64
+    local psgd=(train_psgd.py "${common[@]}" --epochs "$PSGD_EPOCHS" --lr "$psgd_lr" --batch-size 64
                 --milestones "$PSGD_DROP")
     local twa=(train_twa.py "${common[@]}" --epochs "$TWA_EPOCHS" --batch-size 64)
     local head=(--params_start 0 --params_end "$PARAMS_END")
@@ -73,12 +90,16 @@ job() {  # job METHOD NOISE SEED [K]: run it as the plan ($PLAN) says; with LIST
                          --milestones "$DROP") ;;
         pbfgs)      results="$dir/results_pbfgs_k$k.json" cmd=("${pbfgs[@]}" "${early[@]}") ;;
         psgd)       results="$dir/results_psgd_k$k.json" cmd=("${psgd[@]}" "${early[@]}") ;;
+        psgd_sensitivity) results="$dir/results_psgd_$tag.json" cmd=("${psgd[@]}" "${early[@]}") ;;
         random)     results="$dir/results_psgd_random_k$k.json"
                     cmd=("${psgd[@]}" "${early[@]}" --basis random) ;;
         pbfgs_late) results="$dir/results_pbfgs_late.json" cmd=("${pbfgs[@]}" "${late[@]}") ;;
         psgd_late)  results="$dir/results_psgd_late.json" cmd=("${psgd[@]}" "${late[@]}") ;;
         twa)        results="$dir/results_twa.json" cmd=("${twa[@]}" "${head[@]}") ;;
         twa_late)   results="$dir/results_twa_late.json" cmd=("${twa[@]}" "${tail[@]}") ;;
+        twa_sensitivity) results="$dir/results_twa_lr$SENSITIVITY_LR.json"
+                    cmd=("${twa[@]}" "${head[@]}" --lr "$SENSITIVITY_LR"
+                         --output-tag "lr$SENSITIVITY_LR") ;;
         swa)        results="$dir/results_swa.json" cmd=(swa.py "${common[@]}" --batch-size 64
                                                          "${head[@]}") ;;
         swa_late)   results="$dir/results_swa_late.json" cmd=(swa.py "${common[@]}" --batch-size 64
@@ -119,6 +140,7 @@ subspace_jobs() {
     for noise in $NOISES; do for seed in $SEEDS; do
         echo "pbfgs_late $noise $seed"; echo "psgd_late $noise $seed"
         for m in twa swa twa_late swa_late; do echo "$m $noise $seed"; done
+        echo "psgd_sensitivity $noise $seed $MAIN_K"; echo "twa_sensitivity $noise $seed"
     done; done
 }
 list_jobs() {  # list_jobs < JOB LINES: results file, checkpoint and command of each

@@ -41,6 +41,24 @@ def test_digits_split_is_sklearns_train_test_split():
     assert torch.equal(utils.load_digits(False).images, x)
 
 
+def test_digits_are_read_as_sklearns_load_digits_gives_them(monkeypatch):
+    """DIGITS is parsed from scikit-learn's data file without importing scikit-learn: the arrays
+    must be its load_digits' to the bit, and its own loader is used where the file is missing."""
+    from sklearn.datasets import load_digits
+    from dldr import data
+
+    ref_images, ref_labels = load_digits(return_X_y=True)
+    data.digits_arrays.cache_clear()
+    images, labels = data.digits_arrays()
+    assert images.dtype == ref_images.dtype and np.array_equal(images, ref_images)
+    assert labels.dtype == ref_labels.dtype and np.array_equal(labels, ref_labels)
+    data.digits_arrays.cache_clear()
+    monkeypatch.setattr(data.os.path, "isfile", lambda path: False)
+    fallback_images, fallback_labels = data.digits_arrays()
+    data.digits_arrays.cache_clear()
+    assert np.array_equal(fallback_images, ref_images) and np.array_equal(fallback_labels, ref_labels)
+
+
 def test_noisy_labels_fraction_uniformity_and_determinism():
     labels = torch.zeros(20000, dtype=torch.int64)
     new, chosen = utils.noisy_labels(labels, 0.3, 100, seed=5)
