@@ -1,6 +1,6 @@
 """Plots of a save dir's runs, written as PNG files beside the results.
 
-    python plot_results.py SAVE_DIR
+    python plot_results.py SAVE_DIR [--summary]   (--summary: summarize.py's table first)
 
 - curves.png: test accuracy and training loss against epoch for SGD, P-SGD, P-BFGS, TWA, SWA
   and the random-basis controls found in the save dir;
@@ -191,7 +191,11 @@ def plot_save_dir(save_dir):
 def main(argv=None):
     p = argparse.ArgumentParser(description="Plot the runs of a DLDR save dir (PNG files beside them)")
     p.add_argument("save_dir")
+    p.add_argument("--summary", action="store_true",
+                   help="print summarize.py's table of the runs first (one process for both)")
     args = p.parse_args(argv)
+    if args.summary:
+        print(summarize.table(args.save_dir))
     for path in plot_save_dir(args.save_dir):
         print(f"wrote {path}")
 

@@ -13,7 +13,7 @@ from .checkpoints import (fast_forward, find_resume_checkpoint, load_start_weigh
                           load_weights)
 from .cli import UsageError
 from .data import check_dataset_name, load_data
-from .distributed import init_distributed, seed_processes, sync_batchnorm
+from .distributed import init_distributed, is_main_process, seed_processes, sync_batchnorm
 from .evaluation import Evaluator
 from .networks import build_model, check_arch_name
 from .optim import FlatParameters
@@ -276,7 +276,9 @@ class SubspaceRun(Run):
                     else f"sample {self.start}, the restart", keep=mean and not weights)
                 self.save_start(test_loss=start["test_loss"], test_acc=start["test_acc"],
                                 time=0.0, coords=[0.0] * len(self.basis_matrix))
-            self.reach = trajectory_reach(self.trajectory, self.model, self.w_start)
+            # Only the results file (rank 0's) holds it: the other ranks do not read the samples
+            self.reach = (trajectory_reach(self.trajectory, self.model, self.w_start)
+                          if is_main_process() else None)
             yield self
 
     def watch_first_step(self, optimizer, projected, after=False):

@@ -150,6 +150,10 @@ def test_pbfgs_two_processes_match_one(launch, runs):
                       for t in ("one", "two"))
     assert final2["bn_reestimated"] and final2["test_acc_bn"] == pytest.approx(final1["test_acc_bn"])
     assert final2["test_loss_bn"] == pytest.approx(final1["test_loss_bn"], rel=1e-6)
+    # The diagnostics under torchrun: rank 0 alone reads the samples for the trajectory's reach
+    reach1, reach2 = (json.loads((save / f"results_pbfgs_{t}.json").read_text())["diagnostics"]
+                      ["trajectory_reach"] for t in ("one", "two"))
+    assert reach1 > 0 and reach2 == reach1
     # The step moved the parameters: the comparison is not between two unchanged models.
     start = utils.load_state(str(save / "0.pt"))
     assert (params1 - torch.cat([start[n].reshape(-1).double() for n, _ in

@@ -117,3 +117,13 @@ def test_plot_without_results_is_one_clear_error(tmp_path):
     import pytest
     with pytest.raises(utils.UsageError, match="no results"):
         plot_results.plot_save_dir(str(tmp_path))
+
+
+def test_summary_flag_prints_summarize_table_before_the_plots(tmp_path, capsys):
+    """The demo's last step: one process prints summarize.py's table, then writes the plots."""
+    folder = _save_dir(tmp_path)
+    plot_results.main([str(folder), "--summary"])
+    out = capsys.readouterr().out
+    table = summarize.table(str(folder))
+    assert out.startswith(table) and out.index(table) < out.index("wrote ")
+    assert "curves.png" in out.split(table, 1)[1]
