@@ -132,12 +132,13 @@ export -f job
 sgd_jobs() {
     for noise in $NOISES; do for seed in $SEEDS; do echo "sgd $noise $seed"; done; done
 }
-subspace_jobs() {
-    for noise in $NOISES; do for seed in $SEEDS; do for k in $SIZES; do
-        echo "pbfgs $noise $seed $k"; echo "psgd $noise $seed $k"
-        [[ $noise == "$(set -- $NOISES; echo "$1")" ]] && echo "random $noise $seed $k"
-    done; done; done
-    for noise in $NOISES; do for seed in $SEEDS; do
+subspace_jobs() {  # seed by seed: an interrupted script leaves whole seeds done, not half of each
+    local first_noise=${NOISES%% *}
+    for seed in $SEEDS; do for noise in $NOISES; do
+        for k in $SIZES; do
+            echo "pbfgs $noise $seed $k"; echo "psgd $noise $seed $k"
+            [[ $noise == "$first_noise" ]] && echo "random $noise $seed $k"
+        done
         echo "pbfgs_late $noise $seed"; echo "psgd_late $noise $seed"
         for m in twa swa twa_late swa_late; do echo "$m $noise $seed"; done
         echo "psgd_sensitivity $noise $seed $MAIN_K"; echo "twa_sensitivity $noise $seed"
