@@ -305,7 +305,7 @@ def test_stalled_runs_are_listed_apart_and_not_counted_as_trained(tmp_path):
             "faithful lr 1") in why
     assert "| the samples' mean (TWA) | no | 11 |" in why
     assert "1 of the 40 subspace runs carry no `diagnostics`" in why
-    assert "stalls the same way when rerun in float64" in why and "(P-SGD: lr 1, momentum 0.9, 8 epochs; P-BFGS: 4 epochs)" in why
+    assert "in float64 (`--dtype float64`) stalled the same way" in why and "(P-SGD: lr 1, momentum 0.9, 8 epochs; P-BFGS: 4 epochs)" in why
 
 
 def test_a_verdict_counts_the_seeds_where_a_comparison_holds(tmp_path):
