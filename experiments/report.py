@@ -478,9 +478,12 @@ def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png",
                      f"{fmt_g(reach_ratio(stalled_runs))} times it"
                      + (f", where the trained ones from sample 0 go "
                         f"{fmt_g(reach_ratio(trained_zero))} times theirs" if trained_zero else ""))
-        facts.append(f"they end on a plateau: final training loss "
-                     f"{fmt(figures(stalled_runs, 'final_train_loss'), 2)}, against ln {num_classes} "
-                     f"= {chance_loss:.2f} for a uniform guess")
+        losses = figures(stalled_runs, 'final_train_loss')
+        above = sum(loss > chance_loss for loss in losses)
+        facts.append(f"they end with a final training loss of {fmt(losses, 2)}, against ln "
+                     f"{num_classes} = {chance_loss:.2f} for a uniform guess"
+                     + (f" ({above} of {len(losses)} above it: worse than a guess, a divergence "
+                        "rather than a plateau)" if above else " (a plateau near a guess)"))
     else:
         facts.append("no subspace run stalled")
     w("In these runs " + "; ".join(facts) + ".\n")

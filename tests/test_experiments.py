@@ -299,8 +299,8 @@ def test_stalled_runs_are_listed_apart_and_not_counted_as_trained(tmp_path):
             "(0.02–0.7) from the later starts; the stalled runs go as far as 41 (41–41) from "
             "their start against a trajectory reach of 18 (18–18), that is 2.28 (2.28–2.28) times "
             "it, where the trained ones from sample 0 go 0.556 (0.444–0.556) times theirs; they "
-            "end on a plateau: final training loss 2.25 (2.25–2.25), against ln 10 = 2.30 for a "
-            "uniform guess.") in why
+            "end with a final training loss of 2.25 (2.25–2.25), against ln 10 = 2.30 for a "
+            "uniform guess (a plateau near a guess).") in why
     assert ("P-SGD with 8 directions trained in 3 of 4 runs at lr 0.5, against 3 at the "
             "faithful lr 1") in why
     assert "| the samples' mean (TWA) | no | 11 |" in why
