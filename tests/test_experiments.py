@@ -305,7 +305,25 @@ def test_stalled_runs_are_listed_apart_and_not_counted_as_trained(tmp_path):
             "faithful lr 1") in why
     assert "| the samples' mean (TWA) | no | 11 |" in why
     assert "1 of the 40 subspace runs carry no `diagnostics`" in why
-    assert "in float64 (`--dtype float64`) stalled the same way" in why and "(P-SGD: lr 1, momentum 0.9, 8 epochs; P-BFGS: 4 epochs)" in why
+    assert "float64`), which stalled the same way" in why
+    assert ("Why: from the random initialisation a stall is the method at this small budget "
+            "(P-SGD: lr 1, momentum 0.9, 8 epochs; P-BFGS: 4 epochs).") in why
+    assert "runs away" not in why  # no TWA run stalled here
+
+
+def test_the_why_names_a_runaway_from_a_span_of_nearly_equal_samples(tmp_path):
+    """A TWA run from the late samples' mean that diverged (a loss above a guess's, 180 times the
+    samples' spread away) is explained as TWA's lr running away, not as a budget from sample 0."""
+    prepare_runs(tmp_path / "runs")
+    rewrite(tmp_path / "runs", "0", "2", "twa_late",
+            lambda run: stall(run, loss=4.75, gradient=0.0057, distance=10.5, reach=0.057))
+    text = report.report(str(tmp_path / "runs"), SEEDS, NOISES, SIZES, "sizes.png", str(tmp_path))
+    why = text.split("## Why some runs do not train")[1].split("\n## ")[0]
+    assert "| the samples' mean (TWA) | yes | 1 | 0.0057 | 10.5 | 0.057 | 184 | 4.75 |" in why
+    assert "a divergence rather than a plateau" in why
+    assert ("Why: from the mean of samples that barely differ (trajectory reach 0.057) TWA's lr 2 "
+            "runs away: ") in why
+    assert "small budget" not in why  # nothing stalled from sample 0
 
 
 def test_a_verdict_counts_the_seeds_where_a_comparison_holds(tmp_path):
