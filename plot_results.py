@@ -163,12 +163,16 @@ def plot_trajectory(samples, runs, model, epochs):
     return fig, paths
 
 
-def plot_save_dir(save_dir):
-    """Write every plot the save dir allows; returns the paths written."""
-    runs = summarize.load_runs(save_dir)  # an unreadable file: one line on stderr, left out
-    for tag, why in summarize.stale_runs(save_dir, runs).items():  # not the samples' runs
+def plot_save_dir(save_dir, loaded=None):
+    """Write every plot the save dir allows (``loaded``: what summarize.load returned, or
+    read); returns the paths written."""
+    runs, stale, problems = loaded or summarize.load(save_dir)
+    if loaded is None:
+        for line in problems:  # an unreadable file: one line on stderr, left out
+            print(line, file=sys.stderr)
+    runs = {tag: run for tag, run in runs.items() if tag not in stale}
+    for tag, why in stale.items():  # not the samples' runs
         print(f"skipped results_{tag}.json: stale, {why}", file=sys.stderr)
-        del runs[tag]
     if not runs:
         raise utils.UsageError(f"{save_dir}: no results_*.json to plot; run the scripts first")
     written = []
@@ -194,9 +198,10 @@ def main(argv=None):
     p.add_argument("--summary", action="store_true",
                    help="print summarize.py's table of the runs first (one process for both)")
     args = p.parse_args(argv)
+    loaded = summarize.load(args.save_dir) if args.summary else None  # read once for both
     if args.summary:
-        print(summarize.table(args.save_dir))
-    for path in plot_save_dir(args.save_dir):
+        print(summarize.table(args.save_dir, loaded))
+    for path in plot_save_dir(args.save_dir, loaded):
         print(f"wrote {path}")
 
 

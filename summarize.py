@@ -102,12 +102,19 @@ def stall(run):
             f"{number('max_distance')}, the trajectory's reach {number('trajectory_reach')}")
 
 
-def table(save_dir):
+def load(save_dir):
+    """(runs, stale, problems) of ``save_dir``: ``load_runs``, ``stale_runs`` and the lines
+    about unreadable files; read once for the table and the plots."""
     problems = []
     runs = load_runs(save_dir, problems)
+    return runs, stale_runs(save_dir, runs), problems
+
+
+def table(save_dir, loaded=None):
+    """The summary table of ``save_dir``'s runs (``loaded``: what ``load`` returned, or read)."""
+    runs, stale, problems = loaded or load(save_dir)
     if not runs:
         raise SystemExit("\n".join(problems + [f"error: no readable results_*.json in {save_dir}"]))
-    stale = stale_runs(save_dir, runs)
     width = max(24, *(len(label(t)) + 2 for t in runs))
     lines = [f"{'method':<{width}}{'epochs':>7}{'final acc':>11}{'final, BN re-est.':>19}"
              f"{'best acc':>10}{'train loss':>12}{'time s':>9}"]

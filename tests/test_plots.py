@@ -119,10 +119,18 @@ def test_plot_without_results_is_one_clear_error(tmp_path):
         plot_results.plot_save_dir(str(tmp_path))
 
 
-def test_summary_flag_prints_summarize_table_before_the_plots(tmp_path, capsys):
-    """The demo's last step: one process prints summarize.py's table, then writes the plots."""
+def test_summary_flag_prints_summarize_table_before_the_plots(tmp_path, capsys, monkeypatch):
+    """The demo's last step: one process prints summarize.py's table, then writes the plots,
+    reading the results files and fingerprinting the samples once for both."""
     folder = _save_dir(tmp_path)
+    reads, fingerprints = [], []
+    load_runs, stale_runs = summarize.load_runs, summarize.stale_runs
+    monkeypatch.setattr(summarize, "load_runs",
+                        lambda *a, **k: reads.append(a) or load_runs(*a, **k))
+    monkeypatch.setattr(summarize, "stale_runs",
+                        lambda *a, **k: fingerprints.append(a) or stale_runs(*a, **k))
     plot_results.main([str(folder), "--summary"])
+    assert len(reads) == 1 and len(fingerprints) == 1
     out = capsys.readouterr().out
     table = summarize.table(str(folder))
     assert out.startswith(table) and out.index(table) < out.index("wrote ")

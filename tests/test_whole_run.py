@@ -16,8 +16,15 @@ import whole_run  # noqa: E402
 @pytest.mark.end_to_end  # six processes start torch (about 35 s): after the suite, in .ci/run
 def test_toy_whole_run_splits_both_runs_into_phases_that_add_up(tmp_path, capsys):
     out = tmp_path / "whole_run.json"
-    whole_run.main(["--toy", "--threads", "1", "--json", str(out)])
+    samples = tmp_path / "samples"
+    whole_run.main(["--toy", "--threads", "1", "--json", str(out), "--samples", str(samples),
+                    "--psgd-batch-size", "48", "--pbfgs-batch-size", "96"])
     printed = capsys.readouterr().out
+    # The batches asked for are the runs' (their results files) and the header's
+    assert "P-SGD (batch 48) and P-BFGS (batch 96)" in printed
+    for name, batch in (("psgd", 48), ("pbfgs", 96)):
+        record = json.loads((samples / f"results_{name}.json").read_text())
+        assert record["args"]["batch_size"] == batch and len(record["epochs"]) == 2
     figures = json.loads(out.read_text())
     assert figures["machine"]["omp_num_threads"] == "1" and figures["sgd_s"] > 0
     assert list(figures["methods"]) == list(whole_run.METHODS)
@@ -44,3 +51,9 @@ def test_toy_whole_run_splits_both_runs_into_phases_that_add_up(tmp_path, capsys
                   for phase in whole_run.ROWS]
         assert abs(sum(shares) - 100) < 0.05 * len(shares) + 1e-9
     assert "machine: " in printed and "OMP_NUM_THREADS=1" in printed
+    # The authors' part: the run less the evaluations and diagnostics their scripts do not make
+    ratios = dict(re.findall(r"(P-SGD|P-BFGS) ([\d.]+)x", printed.split("authors' part: ")[-1]))
+    for name, f in figures["methods"].items():
+        part = whole_run.authors_part(f)
+        assert 0 < part < f["profiled_s"] - f["bn_pass_s"], name
+        assert abs(float(ratios[whole_run.TITLES[name]]) - f["profiled_s"] / part) < 0.006
