@@ -93,6 +93,7 @@ def test_a_second_writer_on_the_folder_exits_2_and_leaves_the_first_intact(runs,
                     "--params_end", 3, "--n_components", 2, "--epochs", 1, "--save-dir", folder) == 0
 
 
+@pytest.mark.end_to_end  # the module's runs fixture: 3 interpreters side by side, about 16 s
 def test_a_full_disk_stops_with_one_line_and_resume_loses_nothing(runs, sgd_reference, capsys):
     """The disk fills while sample 2 is written, after its epoch's checkpoint: the run stops, no
     partial file is left, and --resume writes the missing sample from the checkpoint."""
@@ -113,6 +114,7 @@ def test_a_full_disk_stops_with_one_line_and_resume_loses_nothing(runs, sgd_refe
     same_samples(folder, sgd_reference)
 
 
+@pytest.mark.end_to_end  # with the runs fixture, after the suite in .ci/run
 def test_sigterm_stops_with_the_resume_command_and_resume_is_exact(runs, sgd_reference):
     base, procs = runs
     folder, proc = base / "preempted", procs["preempted"]

@@ -217,6 +217,7 @@ def test_a_second_twa_does_not_replace_the_first(twa_run, capsys):
     assert {n: (folder / n).read_bytes() for n in os.listdir(folder)} == before
 
 
+@pytest.mark.end_to_end  # three P-BFGS runs (about 16 s): after the suite, in .ci/run
 def test_mean_start_and_span_basis_under_the_subspace_scripts_resume_exactly(twa_run, tmp_path):
     folder, common = twa_run
     straight, stopped = tmp_path / "a", tmp_path / "b"
