@@ -51,6 +51,9 @@ SCRIPTS = {"psgd": "train_psgd.py", "pbfgs": "train_pbfgs.py"}
 START = "start-up and exit (outside the profile)"
 IMPORTS = "imports (before main)"
 OTHER = "other (rest of main)"
+START_EVAL = "start evaluation (test, BN, test)"
+FINAL_EVAL = "final evaluation (BN, test)"
+DIAGNOSTICS = "diagnostics (reach, stall)"
 PHASES = [
     ("checks, sample fingerprints", [("dldr/subspace.py", "__init__")]),
     ("data loading", [("dldr/data.py", "load_data")]),
@@ -60,13 +63,12 @@ PHASES = [
     # torch.optim's Optimizer.__init__ (P-SGD's SGD, P-BFGS's PBFGS) is the first call of a
     # function wrapped by torch._disable_dynamo, which imports torch._dynamo then
     ("optimizer construction", [("torch/optim/optimizer.py", "__init__")]),
-    ("start evaluation (test, BN, test)",
-     [("dldr/evaluation.py", "twice", "dldr/subspace.py", "training")]),
+    (START_EVAL, [("dldr/evaluation.py", "twice", "dldr/subspace.py", "training")]),
     ("training steps", [("SCRIPT", "train_epoch")]),
     ("per-epoch test evaluations", [("dldr/evaluation.py", "after_epoch")]),
-    ("diagnostics (reach, stall)", [("dldr/subspace.py", "trajectory_reach"),
-                                    ("dldr/subspace.py", "stall_diagnostics")]),
-    ("final evaluation (BN, test)", [("dldr/evaluation.py", "twice", "dldr/run.py", "finish")]),
+    (DIAGNOSTICS, [("dldr/subspace.py", "trajectory_reach"),
+                   ("dldr/subspace.py", "stall_diagnostics")]),
+    (FINAL_EVAL, [("dldr/evaluation.py", "twice", "dldr/run.py", "finish")]),
     # The start's and each epoch's checkpoint and results (Run._save), the final results and
     # model, and --overwrite's removal of the previous run's files
     ("files written", [("dldr/run.py", "_save"),
@@ -79,12 +81,11 @@ OPTIONAL = {("dldr/run.py", "remove_outputs")}
 # Inside the two evaluations: each one re-estimates BatchNorm once (one pass over the training
 # set); pstats cannot tell which call was which, so each gets the mean of the passes
 BN = ("dldr/batchnorm.py", "reestimate_bn")
-BN_IN = {"start evaluation (test, BN, test)", "final evaluation (BN, test)"}
+BN_IN = {START_EVAL, FINAL_EVAL}
 BN_ROW = "  of which BN re-estimation"
 # What the authors' scripts do not do: judge the restart, judge the final weights with
 # re-estimated statistics (their reading is the last epoch's test), the diagnostics
-EXTRAS = ("start evaluation (test, BN, test)", "final evaluation (BN, test)",
-          "diagnostics (reach, stall)")
+EXTRAS = (START_EVAL, FINAL_EVAL, DIAGNOSTICS)
 ROWS = [START, IMPORTS, *(name for name, _ in PHASES), OTHER]
 # Not a row of its own: the modules main imports on first use, inside the rows they happen in
 LAZY = "(imports inside main, in the rows above)"
