@@ -323,7 +323,17 @@ def test_the_why_names_a_runaway_from_a_span_of_nearly_equal_samples(tmp_path):
     assert "a divergence rather than a plateau" in why
     assert ("Why: from the mean of samples that barely differ (trajectory reach 0.057) TWA's lr 2 "
             "runs away: ") in why
+    assert "carry the weights 184 times the samples' spread" in why
     assert "small budget" not in why  # nothing stalled from sample 0
+    assert "the other runs that stalled" not in why
+    # A stall from the mean that stayed within the samples' spread is not called a runaway
+    rewrite(tmp_path / "runs", "0.2", "1", "twa",
+            lambda run: stall(run, loss=2.2, gradient=0.1, distance=9.0, reach=13.0))
+    text = report.report(str(tmp_path / "runs"), SEEDS, NOISES, SIZES, "sizes.png", str(tmp_path))
+    why = text.split("## Why some runs do not train")[1].split("\n## ")[0]
+    assert ("TWA's lr 2 runs away: a few batches' gradients on the span, far above the others, "
+            "carry the weights 184 times the samples' spread") in why
+    assert "; the other runs that stalled are listed above with their figures." in why
 
 
 def test_a_verdict_counts_the_seeds_where_a_comparison_holds(tmp_path):
