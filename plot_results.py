@@ -4,8 +4,9 @@
 
 - curves.png: test accuracy and training loss against epoch for SGD, P-SGD, P-BFGS, TWA, SWA
   and the random-basis controls found in the save dir;
-- explained_variance.png: the explained-variance ratio of the SGD trajectory's principal
-  directions, per direction and cumulative;
+- explained_variance.png: the explained-variance ratio of the principal directions of the samples
+  the DLDR runs built their basis from (the whole trajectory without such runs), per direction and
+  cumulative, with their size k marked;
 - trajectory.png: the SGD samples and the subspace runs projected on the trajectory's top two
   principal directions, and a 3-D view on the top three.
 """
@@ -29,8 +30,11 @@ STYLE = {"sgd": ("SGD", "k", "-"), "psgd": ("P-SGD", "tab:blue", "-"),
          "swa": ("SWA", "tab:purple", "-"),
          "psgd_span": ("P-SGD, span basis", "tab:blue", "-."),
          "pbfgs_span": ("P-BFGS, span basis", "tab:red", "-."),
-         "psgd_random": ("P-SGD, random basis", "tab:blue", ":"),
-         "pbfgs_random": ("P-BFGS, random basis", "tab:red", ":")}
+         "psgd_random": ("P-SGD, random basis", "tab:gray", ":"),
+         "pbfgs_random": ("P-BFGS, random basis", "tab:brown", ":")}
+# Every curve has markers, so that a run of one epoch (one training-loss point) and a control
+# lying under another curve (random bases stay at a guess's accuracy) can still be seen
+MARKERS = {"psgd_random": "x", "pbfgs_random": "x"}
 
 
 def style(tag):
@@ -44,15 +48,16 @@ def plot_curves(runs):
     for tag in sorted(runs, key=lambda t: list(STYLE).index(t) if t in STYLE else 99):
         epochs = runs[tag]["epochs"]
         label, color, ls = style(tag)
+        marker = MARKERS.get(tag, "o")
         ax_acc.plot([e["epoch"] for e in epochs], [e["test_acc"] for e in epochs], ls, color=color,
-                    label=label, marker="o" if len(epochs) == 1 else None)
+                    label=label, marker=marker, ms=4, zorder=3 if tag in MARKERS else 2)
         bn = summarize.final_bn(runs[tag])
         if bn is not None:
             ax_acc.plot([epochs[-1]["epoch"]], [bn], "D", color=color, ms=6, mfc="none",
                         label=f"{label}, final with BatchNorm re-estimated")
         trained = [e for e in epochs if "train_loss" in e]
         ax_loss.plot([e["epoch"] for e in trained], [e["train_loss"] for e in trained], ls,
-                     color=color, label=label)
+                     color=color, label=label, marker=marker, ms=4)
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
     ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="Training loss")
     for ax in (ax_acc, ax_loss):
@@ -87,15 +92,41 @@ def trajectory_pca(save_dir):
     return samples, epochs, model, record
 
 
-def plot_explained_variance(samples):
+def basis_samples(runs, epochs):
+    """(the epochs of the samples the DLDR runs built their basis from, their sizes k, the runs'
+    labels) when the runs share one sample range present in the folder; else (``epochs``, [],
+    []): the whole trajectory."""
+    used = {}
+    for tag, run in runs.items():
+        a = run.get("args") or {}
+        if run.get("basis", a.get("basis")) == "dldr" and "params_start" in a:
+            key = tuple(range(a["params_start"], a["params_end"], a.get("params_step") or 1))
+            used.setdefault(key, []).append((run.get("n_components", a.get("n_components")), tag))
+    if len(used) != 1 or not set(next(iter(used))) <= set(epochs):
+        return list(epochs), [], []
+    (chosen, sizes), = used.items()
+    return list(chosen), sorted({k for k, _ in sizes if k}), [style(t)[0] for _, t in sizes]
+
+
+def plot_explained_variance(samples, epochs=None, runs=None):
+    """The explained variance of the principal directions of the samples the DLDR runs used (the
+    whole trajectory when they share no range), their sizes k marked."""
+    epochs = list(range(len(samples))) if epochs is None else list(epochs)
+    used, sizes, methods = basis_samples(runs or {}, epochs)
+    samples = rows(samples, epochs, used)
     k = min(len(samples) - 1, 30)
     _, ratios = utils.subspace_basis(samples, k)
     ratios = ratios.numpy()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(range(1, k + 1), ratios, color="tab:blue", label="per direction")
     ax.plot(range(1, k + 1), ratios.cumsum(), "o-", color="tab:red", ms=3, label="cumulative")
+    for size in sizes:
+        ax.axvline(size + 0.5, color="k", ls="--", lw=1,
+                   label=f"k = {size}, the basis of {', '.join(methods)}")
+    which = (f"samples {utils.describe_epochs(used)}, the DLDR basis's" if sizes else
+             f"samples {utils.describe_epochs(used)}")
     ax.set(xlabel="principal direction", ylabel="explained variance ratio", ylim=(0, 1.02),
-           title=f"SGD trajectory, {len(samples)} samples")
+           title=f"SGD trajectory: {which} ({len(samples)} samples)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
@@ -187,7 +218,7 @@ def plot_save_dir(save_dir, loaded=None):
     trajectory = trajectory_pca(save_dir)
     if trajectory is not None and len(trajectory[0]) >= 3:
         samples, epochs, model, _ = trajectory
-        save(plot_explained_variance(samples)[0], "explained_variance.png")
+        save(plot_explained_variance(samples, epochs, runs)[0], "explained_variance.png")
         save(plot_trajectory(samples, runs, model, epochs)[0], "trajectory.png")
     return written
 

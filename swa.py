@@ -16,7 +16,7 @@ from dldr.run import refuse_replacing, remove_outputs, samples_used
 def build_parser():
     p = utils.ArgumentParser(description="SWA: the mean of the trajectory's samples, with "
                                          "BatchNorm statistics re-estimated")
-    utils.add_data_arguments(p, arch="resnet32", batch_size=128)
+    utils.add_data_arguments(p, arch="resnet32", batch_size=128, from_record=True)
     utils.add_sample_arguments(p)
     return p
 
@@ -50,7 +50,7 @@ def main(argv=None):
         remove_outputs(args.save_dir, outputs)
     final = evaluator.twice(f"SWA, the mean of samples {samples.describe()}", keep=True)
     utils.log_test(final["test_acc_bn"], final["test_loss_bn"])
-    results = utils.Results(os.path.join(args.save_dir, outputs.results), "swa", dict(vars(args)),
+    results = utils.Results(os.path.join(args.save_dir, outputs.results), "swa", options.arguments,
                             {"samples": samples.epochs, "start": None, "final": final,
                              "sample_fingerprint": samples_used(samples)})
     results.add(epoch=0, test_loss=final["test_loss"], test_acc=final["test_acc"],

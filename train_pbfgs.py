@@ -16,7 +16,8 @@ from utils import PBFGS  # noqa: F401  (importable from here, as the authors' sc
 
 def build_parser():
     p = utils.ArgumentParser(description="DLDR step 3a: P-BFGS in the trajectory's subspace")
-    utils.add_common_arguments(p, arch="resnet32", epochs=100, lr=1.0, batch_size=128)
+    utils.add_common_arguments(p, arch="resnet32", epochs=100, lr=1.0, batch_size=128,
+                               from_record=True)
     utils.add_subspace_arguments(p)
     p.add_argument("--alpha", default=0.0, type=utils.nonnegative_number, metavar="A",
                    help="step size of the momentum on the gradient outside the subspace "
@@ -76,7 +77,9 @@ def main(argv=None):
     run = utils.SubspaceRun("pbfgs", "P-BFGS", utils.SubspaceOptions.from_args(args),
                             dict(alpha=args.alpha, gamma=args.gamma, accumulate=args.accumulate),
                             epoch_times=True)
-    utils.log(f"Random Seed: {args.randomseed}")
+    if run.kept:  # --reuse: this run is there, finished
+        return None
+    utils.log(f"Random Seed: {run.options.randomseed}")
     utils.log(args.save_dir)
     if args.lr != 1.0:
         utils.log(f"=> note: --lr {args.lr} is ignored; P-BFGS steps are set by the line search "

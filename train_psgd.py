@@ -18,7 +18,8 @@ import utils
 def build_parser(description="DLDR step 3b: P-SGD in the trajectory's subspace", epochs=100,
                  lr=1.0, milestones=(30, 50), **subspace_defaults):
     p = utils.ArgumentParser(description=description)
-    utils.add_common_arguments(p, arch="resnet32", epochs=epochs, lr=lr, batch_size=128)
+    utils.add_common_arguments(p, arch="resnet32", epochs=epochs, lr=lr, batch_size=128,
+                               from_record=True)
     utils.add_subspace_arguments(p, **subspace_defaults)
     p.add_argument("--momentum", default=0.9, type=utils.momentum_factor, metavar="M",
                    help="momentum (default: 0.9)")
@@ -71,6 +72,8 @@ def main(argv=None, parser=None, method="psgd", title="P-SGD"):
                             dict(lr=args.lr, momentum=args.momentum, milestones=milestones,
                                  weight_decay=weight_decay),
                             default_basis=parser.get_default("basis") if parser else "dldr")
+    if run.kept:  # --reuse: this run is there, finished
+        return None
     utils.log(title)
     utils.log(args.save_dir)
     # Flags given but not used are said (the results record what was used)

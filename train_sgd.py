@@ -120,8 +120,9 @@ def main(argv=None):
         raise utils.UsageError(f"--start-epoch {args.start_epoch}: the run would train nothing "
                                f"with --epochs {args.epochs} and write {args.start_epoch}.pt from "
                                f"the initial weights; use --epochs > {args.start_epoch}")
-    if args.resume and args.overwrite:
-        raise utils.UsageError("--resume and --overwrite contradict each other; choose one")
+    for other in ("resume", "reuse"):
+        if getattr(args, other) and args.overwrite:
+            raise utils.UsageError(f"--{other} and --overwrite contradict each other; choose one")
     if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
         raise utils.UsageError(f"--resume: no checkpoint at {args.resume}")
     if args.resume == "auto" and not os.path.isfile(os.path.join(args.save_dir, "checkpoint.pt")):
@@ -135,10 +136,13 @@ def main(argv=None):
     identity.update(method="sgd", milestones=milestones, amp=amp)
     run = utils.Run(args.save_dir, utils.SGD_OUTPUTS, identity, resume=args.resume,
                     epochs=args.epochs, evaluating=args.evaluate, sample_dir=args.save_dir,
-                    keep_every=args.save_every, resume_weights=args.resume_weights)
+                    keep_every=args.save_every, resume_weights=args.resume_weights,
+                    reuse=args.reuse)
     # (it refuses when another run writes there)
+    if run.kept:  # --reuse: this run is there, finished
+        return None
     existing = utils.available_samples(args.save_dir)
-    if existing and not (args.resume or args.overwrite or args.evaluate):
+    if existing and not (run.continuing or args.overwrite or args.evaluate):
         raise utils.UsageError(
             f"--save-dir {args.save_dir} already holds samples ({utils.describe_epochs(existing)}) "
             "of another run; pass --resume to continue it or --overwrite to replace it")
@@ -152,7 +156,7 @@ def main(argv=None):
     utils.seed_everything(args.randomseed)
     train_set, test_set = utils.load_data(args.datasets, args.data_root, args.smalldatasets,
                                           args.corrupt, args.randomseed)
-    if args.resume:
+    if run.continuing:
         utils.check_noise_record(args.save_dir, train_set.noise)
     num_classes = train_set.num_classes
     model = utils.build_model(args.arch, args.datasets, num_classes, device, args.dtype,

@@ -163,7 +163,7 @@ _FLAGS = {"batch_size": "--batch-size", "weight_decay": "--weight-decay", "adam_
           "resumed_from_weights": "--resume-weights"}
 
 
-def check_same_run(path, ckpt, identity, epochs=None):
+def check_same_run(path, ckpt, identity, epochs=None, flag="--resume"):
     """--resume continues the run that wrote ``ckpt`` or refuses: every entry of ``identity``
     (what defines the run: data, samples and their fingerprint, basis, start, the method's
     settings) must equal the checkpoint's record, and --epochs must reach its epoch. A
@@ -186,13 +186,16 @@ def check_same_run(path, ckpt, identity, epochs=None):
             said = ["the samples changed since it was written" if key == "samples" else
                     f"{_FLAGS.get(key, '--' + key)} {identity.get(key)} here, "
                     f"{recorded.get(key)} there" for key in differ]
-            raise UsageError(f"--resume: {path} holds another run ({'; '.join(said)}); resume "
-                             "with the settings it was started with, or start a new run without "
-                             "--resume (another --save-dir or --output-tag)")
+            again = ("resume with the settings it was started with, or start a new run "
+                     "without --resume (another --save-dir or --output-tag)" if flag == "--resume"
+                     else "run with the settings it was made with, pass --overwrite to replace "
+                     "it, or use another --save-dir or --output-tag")
+            raise UsageError(f"{flag}: {path} holds another run ({'; '.join(said)}); {again}")
     done = int(ckpt.get("epoch", 0))
     if epochs is not None and epochs < done:
         raise UsageError(f"--epochs {epochs}: {path} already holds {done} epochs; use --epochs "
-                         f">= {done} to continue it")
+                         f">= {done} to continue it" + ("" if flag == "--resume" else
+                                                        ", or --overwrite to replace it"))
 
 
 def load_resume(resume, save_dir, name, authors=False):

@@ -1,7 +1,9 @@
 """Command lines: the bad-input error, argument types, and the flags the three scripts share."""
 import argparse
 import dataclasses
+import json
 import math
+import os
 import re
 import sys
 
@@ -103,6 +105,53 @@ def output_tag(text):
     return text
 
 
+class FromRecord:
+    """The default of a data flag of the scripts that read samples: the value the samples' run.json
+    records, else ``fallback`` (the authors' default). ``SubspaceOptions.from_args`` resolves it."""
+
+    def __init__(self, fallback):
+        self.fallback = fallback
+
+    def __str__(self):
+        return f"the samples' run.json, else {self.fallback}"
+
+
+# The flags a run on samples takes from their run.json when not given, in this order (the label
+# noise's seed only where there is noise: elsewhere --randomseed keeps the authors' default)
+RECORDED = ("arch", "datasets", "corrupt", "smalldatasets", "randomseed")
+
+
+def run_record(save_dir):
+    """run.json of the samples in ``save_dir`` as a dict, or None where there is none (the
+    authors' folders) or it cannot be read (check_provenance then says so)."""
+    try:
+        with open(os.path.join(save_dir, "run.json")) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def recorded_defaults(values):
+    """Resolve the FromRecord defaults in ``values`` (the parsed flags, a dict changed in place)
+    from run.json in values["save_dir"]; returns the line saying what was taken, or None."""
+    pending = [k for k in RECORDED if isinstance(values.get(k), FromRecord)]
+    if not pending:
+        return None
+    record = run_record(values["save_dir"]) or {}
+    taken = []
+    for key in pending:
+        noise_seed = key != "randomseed" or (values.get("corrupt") or 0) > 0
+        fallback = values[key].fallback
+        values[key] = record[key] if key in record and noise_seed else fallback
+        if values[key] != fallback:  # what differs from the authors' default is said
+            taken.append(f"--{key} {values[key]}")
+    if not taken:
+        return None
+    return (f"=> {', '.join(taken)}: the samples' settings, from "
+            f"{values['save_dir']}/run.json (not given on the command line)")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors (``error: --flag: ...``) and exit status 2."""
 
@@ -111,16 +160,19 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def add_data_arguments(parser, *, arch, batch_size, workers=4):
+def add_data_arguments(parser, *, arch, batch_size, workers=4, from_record=False):
     """The flags of every script that reads samples or data: what, where, how (the authors'
-    names, spellings and defaults)."""
+    names, spellings and defaults). ``from_record``: the flags of RECORDED default to the
+    samples' run.json, then to the authors' defaults (FromRecord)."""
     p = parser
-    p.add_argument("--arch", "-a", default=arch, metavar="ARCH",
+    default = FromRecord if from_record else (lambda value: value)
+    p.add_argument("--arch", "-a", default=default(arch), metavar="ARCH",
                    help="model architecture, one of models.names(); for ImageNet and folder one of "
-                        f"torchvision.models.list_models(), e.g. resnet18 (default: {arch})")
-    p.add_argument("--datasets", default="CIFAR10", metavar="NAME",
+                        f"torchvision.models.list_models(), e.g. resnet18 (default: "
+                        f"{default(arch)})")
+    p.add_argument("--datasets", default=default("CIFAR10"), metavar="NAME",
                    help="dataset: CIFAR10, CIFAR100, MNIST, DIGITS, SYNTHETIC, ImageNet, folder "
-                        "(default: CIFAR10)")
+                        f"(default: {default('CIFAR10')})")
     p.add_argument("--data-root", "--data_root", dest="data_root", default="../data",
                    help="where CIFAR and MNIST are read from or downloaded to, or the folder with "
                         "train/ and val/ for ImageNet and folder (default: ../data)")
@@ -132,12 +184,16 @@ def add_data_arguments(parser, *, arch, batch_size, workers=4):
                    type=positive_int, metavar="N", help="print every N iterations (default: 50)")
     p.add_argument("--save-dir", "--save_dir", dest="save_dir", default="save_temp",
                    help="folder of the samples 0.pt, 1.pt, ... (default: save_temp)")
-    p.add_argument("--randomseed", default=1, type=seed, metavar="S",
-                   help="seed of initialisation, data order, augmentation and label noise (default: 1)")
-    p.add_argument("--corrupt", default=0.0, type=fraction, metavar="C",
-                   help="fraction of training labels replaced by uniform random labels (default: 0)")
-    p.add_argument("--smalldatasets", default=None, type=share, metavar="P",
-                   help="train on the first fraction P of the training set")
+    p.add_argument("--randomseed", default=default(1), type=seed, metavar="S",
+                   help="seed of initialisation, data order, augmentation and label noise "
+                        f"(default: {default(1)}" + (" where the samples have label noise, else 1)"
+                                                     if from_record else ")"))
+    p.add_argument("--corrupt", default=default(0.0), type=fraction, metavar="C",
+                   help="fraction of training labels replaced by uniform random labels "
+                        f"(default: {default(0)})")
+    p.add_argument("--smalldatasets", default=default(None), type=share, metavar="P",
+                   help="train on the first fraction P of the training set" +
+                        (f" (default: {default('all of it')})" if from_record else ""))
     p.add_argument("--device", default=None,
                    help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when present, else cpu)")
     p.add_argument("--amp", default=None, choices=("bf16", "fp16"),
@@ -153,10 +209,11 @@ def add_data_arguments(parser, *, arch, batch_size, workers=4):
     return p
 
 
-def add_common_arguments(parser, *, arch, epochs, lr, batch_size, workers=4):
+def add_common_arguments(parser, *, arch, epochs, lr, batch_size, workers=4, from_record=False):
     """The flags the three training scripts share, with the authors' names, spellings and
     defaults: add_data_arguments' and the training's."""
-    p = add_data_arguments(parser, arch=arch, batch_size=batch_size, workers=workers)
+    p = add_data_arguments(parser, arch=arch, batch_size=batch_size, workers=workers,
+                           from_record=from_record)
     p.add_argument("--epochs", default=epochs, type=nonnegative_int, metavar="N",
                    help=f"number of total epochs to run (default: {epochs})")
     p.add_argument("--start-epoch", "--start_epoch", dest="start_epoch", default=0,
@@ -172,6 +229,10 @@ def add_common_arguments(parser, *, arch, epochs, lr, batch_size, workers=4):
     p.add_argument("--resume", nargs="?", const="auto", default="", metavar="PATH",
                    help="resume from PATH, or with no PATH from the save dir's last checkpoint "
                         "(this script's own checkpoint only: a sample or a final model is refused)")
+    p.add_argument("--reuse", action="store_true",
+                   help="as make does: keep a finished run with these settings and samples in "
+                        "--save-dir (nothing is run), resume an unfinished one, start one where "
+                        "there is none; a run with other settings there is refused")
     p.add_argument("--resume-weights", "--resume_weights", dest="resume_weights", default=None,
                    metavar="PATH",
                    help="start a new run from the weights in PATH (a sample, a final model such as "
@@ -286,6 +347,7 @@ class SubspaceOptions:
     print_freq: int = None
     resume: str = None
     resume_weights: str = None
+    reuse: bool = False
     overwrite: bool = False
     evaluate: bool = False
     half: bool = False
@@ -315,6 +377,11 @@ class SubspaceOptions:
 
     @classmethod
     def from_args(cls, args):
-        values = vars(args)
+        """The options of a parsed command line, the data flags not given taken from the samples'
+        run.json (``recorded_defaults``, said in one line)."""
+        values = dict(vars(args))
+        line = recorded_defaults(values)
+        if line and os.environ.get("RANK", "0") == "0":  # under torchrun: said once
+            print(line, flush=True)
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)
-                      if f.name in values}, arguments=dict(values))
+                      if f.name in values}, arguments=values)

@@ -43,11 +43,50 @@ class ImageSet:
                         noise)
 
 
-def _cifar(train, root, cls, mean, std):
+def _missing_folders(root):
+    """The folders of the path ``root`` that do not exist yet, the topmost first."""
+    missing, path = [], os.path.abspath(root)
+    while path and not os.path.exists(path):
+        missing.insert(0, path)
+        parent = os.path.dirname(path)
+        path = parent if parent != path else None
+    return missing
+
+
+def _remove_if_empty(folders):
+    """After a failed download: the folders in ``folders`` (made by it) go again when nothing but
+    empty folders and empty files (a download that never started) is in them."""
+    for top in folders[:1]:
+        if not os.path.isdir(top):
+            return
+        for here, dirs, names in os.walk(top, topdown=False):
+            for name in names:
+                path = os.path.join(here, name)
+                if os.path.getsize(path) == 0:
+                    os.unlink(path)
+            if not os.listdir(here):
+                os.rmdir(here)
+
+
+def read_or_download(root, what, make, offline):
+    """``make()`` (torchvision's dataset, which downloads it when absent), or one line naming the
+    folder, the error and ``offline`` (how to put the files there by hand); a failed download
+    leaves no folder it made behind."""
+    created = _missing_folders(root)
     try:
-        ds = cls(root=root, train=train, download=True)
-    except Exception as e:  # download or archive failure: one line naming the folder
-        raise UsageError(f"--data-root {root}: cannot read or download {cls.__name__} ({e})")
+        return make()
+    except Exception as e:  # download or archive failure
+        _remove_if_empty(created)
+        error = " ".join(str(e).split())  # torchvision's may span lines
+        raise UsageError(f"--data-root {root}: cannot read or download {what} ({error}); {offline}")
+
+
+def _cifar(train, root, cls, mean, std):
+    where = os.path.abspath(root)
+    ds = read_or_download(
+        root, cls.__name__, lambda: cls(root=root, train=train, download=True),
+        f"without internet, put {cls.filename} (from {cls.url}, md5 {cls.tgz_md5}) or its "
+        f"extracted {cls.base_folder}/ in {where}/")
     images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
     labels = torch.tensor(ds.targets, dtype=torch.int64)
     return ImageSet(images, labels, len(ds.classes), mean, std, augment=train)
@@ -68,10 +107,11 @@ def load_mnist(train, root):
     """torchvision's MNIST, as 3x32x32 images for the CIFAR architectures: the 28x28 digits with a
     2-pixel zero border, repeated over 3 channels; not normalised (the authors' ToTensor alone)."""
     import torchvision
-    try:
-        ds = torchvision.datasets.MNIST(root=root, train=train, download=True)
-    except Exception as e:  # download or archive failure: one line naming the folder
-        raise UsageError(f"--data-root {root}: cannot read or download MNIST ({e})")
+    cls = torchvision.datasets.MNIST
+    ds = read_or_download(
+        root, "MNIST", lambda: cls(root=root, train=train, download=True),
+        f"without internet, put {', '.join(name for name, _ in cls.resources)} (from "
+        f"{cls.mirrors[0]}) in {os.path.join(os.path.abspath(root), 'MNIST', 'raw')}/")
     images = F.pad(ds.data, (2, 2, 2, 2))[:, None].expand(-1, 3, -1, -1).contiguous()
     return ImageSet(images, ds.targets.to(torch.int64), 10, (0.0,) * 3, (1.0,) * 3, augment=False)
 

@@ -14,6 +14,7 @@ import torch
 from .cli import UsageError
 from .distributed import world
 from .files import atomic_write_json
+from .kernels import kernel_set
 
 NOISE_RECORD = "noisy_labels.json"
 
@@ -84,7 +85,7 @@ def provenance(arguments, num_classes):
         "processes": world()[1],
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "numpy": np.__version__},
-        "git_commit": git_commit(), "host": platform.node(),
+        "git_commit": git_commit(), "host": platform.node(), "kernels": kernel_set(),
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
 
@@ -129,9 +130,9 @@ class Results:
 
     def __init__(self, path, method, arguments, extra=None):
         self.path = path
-        # The code and torch that made the numbers: floating-point rounding differs between them
+        # The code, torch and CPU kernels that made the numbers: rounding differs between them
         self.data = {"method": method, "args": arguments, "git_commit": git_commit(),
-                     "torch": torch.__version__, "epochs": []}
+                     "torch": torch.__version__, "kernels": kernel_set(), "epochs": []}
         self.data.update(extra or {})
 
     def add(self, save=True, **row):

@@ -93,22 +93,29 @@ class Run:
 
     def __init__(self, save_dir, outputs, identity, *, resume=None, epochs=None, evaluating=False,
                  sample_dir=None, keep_every=None, overwrite=False, resume_weights=None,
-                 fingerprint=None):
+                 fingerprint=None, reuse=False):
         self.save_dir, self.outputs, self.identity = save_dir, outputs, identity
         self.sample_dir, self.keep_every = sample_dir, keep_every
         self.overwrite, self.fingerprint = overwrite, fingerprint
         self.last_test = None  # the last epoch's authors' evaluation, while the weights are its
         self.lock = OutputLock(save_dir, outputs.lock, outputs.describe())
         self.resume = self.weights = None  # (path, checkpoint) to continue; (path, state) to start
+        self.kept = False  # --reuse found this run finished: nothing to do
         if resume and overwrite:
             raise UsageError("--resume and --overwrite contradict each other; choose one")
+        if reuse and (resume or overwrite or resume_weights or evaluating):
+            other = ("--resume" if resume else "--overwrite" if overwrite else
+                     "--resume-weights" if resume_weights else "-e")
+            raise UsageError(f"--reuse and {other} contradict each other; choose one")
         if resume_weights and (resume or evaluating):
             raise UsageError("--resume-weights starts a new run from a file's weights: not with "
                              + ("--resume, which continues a run; choose one" if resume else
                                 "-e, which evaluates --resume PATH's weights"))
         if not evaluating:
             self.lock.check()
-            if resume:
+            if reuse:
+                self.kept = self._reuse(epochs)
+            elif resume:
                 # The authors' checkpoints continue their SGD trajectory only (train_sgd.py)
                 self.resume = load_resume(resume, save_dir, outputs.checkpoint,
                                           authors=sample_dir is not None)
@@ -121,6 +128,39 @@ class Run:
                 identity["resumed_from_weights"] = resume_weights
         self.state = RunState(os.path.join(save_dir, outputs.checkpoint))
         self.epoch, self.best_prec1, self.resumed = 0, 0.0, False
+
+    @property
+    def continuing(self):
+        """Whether the run continues a checkpoint (--resume, or --reuse of an unfinished run)."""
+        return self.resume is not None
+
+    def _reuse(self, epochs):
+        """--reuse: what the save dir holds of this run decides. Finished with the same settings,
+        samples and --epochs: kept (returns True); unfinished, or finished with fewer epochs:
+        resumed; none: started; another run: refused, naming what differs."""
+        state = finished_run(self.save_dir, self.outputs)
+        if state is None:
+            return False
+        path = os.path.join(self.save_dir, self.outputs.checkpoint)
+        if not os.path.isfile(path):
+            raise UsageError(f"--reuse: {os.path.join(self.save_dir, self.outputs.results)} holds "
+                             f"a finished run but {self.outputs.checkpoint}, which records its "
+                             "settings, is gone; pass --overwrite to replace the run, or use "
+                             "another --output-tag or --save-dir")
+        self.resume = load_resume(path, self.save_dir, self.outputs.checkpoint)
+        check_same_run(*self.resume, self.identity, epochs, flag="--reuse")
+        done = int(self.resume[1].get("epoch", 0))
+        if state == "finished" and done == epochs:
+            self.resume = None  # nothing to continue: the checkpoint's memory is free again
+            if is_main_process():
+                log(f"=> --reuse: {self.save_dir} already holds this run, finished "
+                    f"({self.outputs.results}, {done} epochs, the same settings and samples); "
+                    "kept as it is (--overwrite redoes it)")
+            return True
+        check_same_processes(*self.resume)
+        if is_main_process():
+            log(f"=> --reuse: continuing the {state} run in {path} (epoch {done} of {epochs})")
+        return False
 
     def writing(self, *, model, stateful, train_loader, results, evaluator, start_epoch):
         """The context of the part of the run that writes: it continues the checkpoint of
@@ -243,7 +283,7 @@ def remove_outputs(save_dir, outputs):
 
 def resume_command(argv):
     """The command line that resumes a run started with ``argv``: from the save dir's checkpoint,
-    whatever --resume PATH or --overwrite it was started with."""
+    whatever --resume PATH, --overwrite or --reuse it was started with."""
     args, skip = [], 0
     for a in argv:
         if skip == 2 or (skip == 1 and not a.startswith("-")):  # the PATH of --resume(-weights)
@@ -251,7 +291,7 @@ def resume_command(argv):
             continue
         skip = 1 if a == "--resume" else 2 if a in ("--resume-weights", "--resume_weights") else 0
         if not (skip or a.startswith(("--resume=", "--resume-weights=", "--resume_weights="))
-                or a == "--overwrite"):
+                or a in ("--overwrite", "--reuse")):
             args.append(a)
     args.append("--resume")
     script = os.path.relpath(sys.argv[0]) if sys.argv[0].endswith(".py") else "SCRIPT.py"

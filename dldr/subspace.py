@@ -187,7 +187,8 @@ class SubspaceRun(Run):
                         train_start=self.start, batch_size=o.batch_size, dtype=o.dtype,
                         amp=self.amp, loader=o.loader, samples=samples,
                         **settings)
-        super().__init__(o.save_dir, outputs, identity, resume=o.resume, epochs=o.epochs,
+        super().__init__(o.save_dir, outputs, identity, resume=o.resume, reuse=o.reuse,
+                         epochs=o.epochs,
                          evaluating=o.evaluate, overwrite=o.overwrite,
                          resume_weights=o.resume_weights,
                          fingerprint=samples_used(self.trajectory, self.start))

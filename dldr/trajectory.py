@@ -147,7 +147,7 @@ class Basis:
         log(f"P: {(k, dim)}")
         log(f"=> DLDR basis{' (streaming)' if self.streamed else ''}: {k} directions from "
             f"{len(samples)} samples {samples.describe()} in {self.seconds:.2f} s; explained "
-            f"variance {sum(self.ratios):.4f} (top 5: "
+            f"variance {sum(self.ratios):.4f} ({'top 5' if k > 5 else f'the {k}'}: "
             f"{', '.join(f'{r:.4f}' for r in self.ratios[:5])})")
 
     def record(self):

@@ -26,11 +26,13 @@
 # from): an interrupted script picks up where it stopped, and other settings (ARCH, SMALL, ...)
 # replace the runs made with the old ones. FRESH=1 deletes RUNS_DIR first; LIST_JOBS=1 prints
 # every job (results file, checkpoint, command, tab-separated) and runs nothing. Every run is
-# seeded and single-threaded (THREADS=1).
+# seeded and single-threaded (THREADS=1), on torch's AVX2 kernels (DLDR_KERNELS=avx2, as run.sh's
+# demo; native: torch's own choice); a run made with another kernel set is made again.
 # Settings (environment variables, defaults in brackets):
 #   SEEDS ["1 2 3 4 5"]  NOISES ["0 0.2 0.4"]  SIZES ["4 8 12"]  ARCH [resnet20]  SGD_EPOCHS [30]
 #   SMALL [unset: --smalldatasets fraction, for quick checks]  JOBS [nproc]  THREADS [1]
 #   RUNS_DIR [experiments/runs/digits]  REPORT [REPRODUCTION.md]  PYTHON [python]
+#   DLDR_KERNELS [avx2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +45,11 @@ JOBS=${JOBS:-$(nproc)}
 # One thread per run: results then do not depend on how many cores the machine has, and
 # JOBS runs side by side use the cores better than one run with several threads.
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
+case ${DLDR_KERNELS:=avx2} in  # set before torch starts: every script, and reuse.py's comparison
+    avx2) export ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=COMPATIBLE ;;  # AVX2_PIN
+    native) unset ATEN_CPU_CAPABILITY ONEDNN_MAX_CPU_ISA MKL_CBWR ;;
+    *) echo "DLDR_KERNELS=$DLDR_KERNELS: expected avx2 or native" >&2; exit 2 ;;
+esac
 
 # The paper's proportions, from SGD_EPOCHS (E): LR drop at 2E/3 (100 of 150); the basis from
 # samples 0..round(0.54 E)-1 (0..80 of 150); P-BFGS E*20/150 and P-SGD E*40/150 epochs, P-SGD's

@@ -153,14 +153,26 @@ def values(table, noise, seeds, name, get):
     return [get(table[noise, s][name]) for s in seeds if name in table[noise, s]]
 
 
+def kernels_of(run):
+    """The CPU side of a run as the report names it: 'AVX2 kernels (pinned), 1 thread, on CPU'."""
+    k = run.get("kernels")
+    if not isinstance(k, dict):
+        return "kernels not recorded"
+    threads = k.get("threads")
+    return (f"{k.get('cpu_capability')} kernels ({'pinned' if k.get('pinned') else 'native'}), "
+            f"{threads} thread{'s' if threads != 1 else ''}, on {k.get('cpu')}")
+
+
 def provenance(table):
-    torches, commits = set(), set()
+    torches, commits, cpus = set(), set(), set()
     for found in table.values():
         for r in found.values():
             torches.add(r.get("torch", "unknown"))
             commit = r.get("git_commit") or "unknown"
             commits.add(commit[:7] + (" with uncommitted changes" if commit.endswith("-dirty") else ""))
-    return f"torch {', '.join(sorted(torches))}; code {', '.join(sorted(commits))}"
+            cpus.add(kernels_of(r))
+    return (f"torch {', '.join(sorted(torches))}; code {', '.join(sorted(commits))}; "
+            f"{'; '.join(sorted(cpus))}")
 
 
 def total_runs(noises, seeds, sizes):

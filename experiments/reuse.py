@@ -1,7 +1,8 @@
 """Which runs experiments/digits.sh can reuse: a run is done when its results file has a final
 evaluation, was made with every setting of the command that would make it now (the results'
 own record of its arguments, parsed as the script parses that command) and from the samples now in
-its folder.
+its folder, on the CPU kernels this process runs (the same capability, pin and threads:
+dldr.kernels; the scripts run in this process's environment).
 
     experiments/digits.sh's jobs on stdin, one a line: RESULTS<TAB>CHECKPOINT<TAB>SCRIPT ARG...
     python experiments/reuse.py < jobs
@@ -16,7 +17,21 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from dldr.cli import FromRecord, recorded_defaults  # noqa: E402
+from dldr.kernels import kernel_set  # noqa: E402
 from dldr.records import stale_reason  # noqa: E402
+
+# What of the kernel set changes a run's digits on one machine (docs/speed.md)
+KERNEL_KEYS = ("cpu_capability", "pinned", "threads")
+
+
+def other_kernels(recorded, here):
+    """How the kernel set ``recorded`` in a results file (None before they were recorded)
+    differs from ``here``'s, as "name recorded -> here"."""
+    if not isinstance(recorded, dict):
+        return ["kernels not recorded (an older run)"]
+    return [f"{k} {recorded.get(k)!r} -> {here[k]!r}" for k in KERNEL_KEYS
+            if recorded.get(k) != here[k]]
 
 # Flags that do not change what a run computes (where it is, how often it prints, how it starts)
 NOT_DEFINING = {"save_dir", "data_root", "print_freq", "workers", "resume", "overwrite",
@@ -27,7 +42,15 @@ def parse(argv):
     """(the arguments ``argv`` = [SCRIPT.py, ARG...] gives, as a results file records them (JSON
     values), the script's parser)."""
     parser = importlib.import_module(os.path.basename(argv[0])[:-3]).build_parser()
-    return json.loads(json.dumps(vars(parser.parse_args(argv[1:])))), parser
+    values = vars(parser.parse_args(argv[1:]))
+    recorded_defaults(values)  # the data flags not given: the samples' run.json, as the scripts
+    return json.loads(json.dumps(values)), parser
+
+
+def default(parser, key):
+    """``key``'s default as a results file records it (a FromRecord's: its fallback)."""
+    value = parser.get_default(key)
+    return json.loads(json.dumps(value.fallback if isinstance(value, FromRecord) else value))
 
 
 def other_settings(recorded, argv):
@@ -39,13 +62,13 @@ def other_settings(recorded, argv):
     for key, value in wanted.items():
         if key in NOT_DEFINING:
             continue
-        had = recorded.get(key, json.loads(json.dumps(parser.get_default(key))))
+        had = recorded.get(key, default(parser, key))
         if had != value:
             differ.append(f"{key} {had!r} -> {value!r}")
     return differ
 
 
-def decide(results, checkpoint, argv, digests=None):
+def decide(results, checkpoint, argv, digests=None, kernels=None):
     """(status, why) of the job that writes ``results`` with the command ``argv``: "done",
     "resume" or "fresh" (see the module's docstring). ``digests`` caches the samples' digests."""
     try:
@@ -61,6 +84,9 @@ def decide(results, checkpoint, argv, digests=None):
     differ = other_settings(recorded, argv)
     if differ:
         return "fresh", "made with other settings: " + ", ".join(differ)
+    differ = other_kernels(run.get("kernels"), kernels or kernel_set())
+    if differ:
+        return "fresh", "made with other CPU kernels: " + ", ".join(differ)
     stale = stale_reason(os.path.dirname(results), run.get("sample_fingerprint"), digests)
     if stale:
         return "fresh", f"stale: {stale}"
@@ -72,10 +98,10 @@ def decide(results, checkpoint, argv, digests=None):
 
 
 def main():
-    digests = {}
+    digests, kernels = {}, kernel_set()
     for line in sys.stdin:
         results, checkpoint, *argv = line.rstrip("\n").split("\t")
-        status, why = decide(results, checkpoint, argv, digests)
+        status, why = decide(results, checkpoint, argv, digests, kernels)
         print(f"{status}\t{results}\t{why}")
 
 

@@ -13,7 +13,8 @@ import train_pbfgs
 import train_psgd
 import train_sgd
 import utils
-from conftest import ROOT, run_here, write_cifar
+from conftest import ROOT, SEED, run_here, write_cifar
+from dldr.cli import recorded_defaults
 
 SHARED_LOG = os.path.join(ROOT, "..", "shared", "reference", "authors_log.md")
 F3, F4 = r"\d+\.\d{3}", r"\d+\.\d{4}"
@@ -210,6 +211,9 @@ OTHER_VALUES = {"datasets": "DIGITS", "arch": "resnet8", "optimizer": "adam", "s
 def test_every_flag_of_the_authors_is_accepted_with_their_default(script):
     parser = script.build_parser()
     defaults = vars(parser.parse_args([]))
+    # The subspace scripts' data flags: the samples' run.json first, the authors' default where
+    # the folder has none (theirs never do)
+    recorded_defaults(defaults)
     for spellings, dest, default in SCRIPT_FLAGS[script]:
         assert defaults[dest] == default, (dest, defaults[dest])
         if isinstance(default, bool):
@@ -218,7 +222,9 @@ def test_every_flag_of_the_authors_is_accepted_with_their_default(script):
             text = OTHER_VALUES.get(dest, "7" if isinstance(default, int) else "0.5")
             argv, expected = [text], type(default)(text) if default not in (None, "") else text
         for flag in spellings:
-            got = vars(parser.parse_args([flag, *argv]))[dest]
+            got = vars(parser.parse_args([flag, *argv]))
+            recorded_defaults(got)
+            got = got[dest]
             assert got == (float(expected) if dest in ("smalldatasets", "corrupt") else expected), flag
 
 
@@ -271,7 +277,7 @@ def test_adam_takes_the_authors_learning_rate_not_sgds(tmp_path):
 @pytest.mark.parametrize("flag", [["--half"], ["--amp", "fp16"]])
 def test_pbfgs_refuses_fp16_and_names_bf16(digits_samples, flag, capsys):
     code = run_here("train_pbfgs.py", "--datasets", "DIGITS", "--arch", "resnet8", "--device",
-                    "cpu", "--corrupt", 0.1, "--randomseed", 3, "--params_end", 3,
+                    "cpu", "--corrupt", 0.1, "--randomseed", SEED, "--params_end", 3,
                     "--n_components", 2, "--save-dir", digits_samples, *flag)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--amp bf16" in err[0] and flag[0] in err[0]

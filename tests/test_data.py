@@ -190,9 +190,45 @@ def test_cifar_inputs_equal_the_authors_totensor_normalize_bit_for_bit(tmp_path,
         assert torch.equal(ours, expected), kind
 
 
-def test_cifar_without_archive_or_network_is_one_clear_error(tmp_path):
-    with pytest.raises(utils.UsageError, match="--data-root"):
-        utils.load_data("CIFAR10", str(tmp_path / "nothing"))
+@pytest.mark.parametrize("name", ["CIFAR10", "CIFAR100", "MNIST"])
+def test_a_failed_download_is_one_line_naming_the_files_and_leaves_no_folder(tmp_path, monkeypatch,
+                                                                            name):
+    import torchvision.datasets as tvd
+    # A download that fails on any machine, with or without internet
+    nowhere = (tmp_path / "no-server").as_uri() + "/"
+    if name == "MNIST":
+        monkeypatch.setattr(tvd.MNIST, "mirrors", [nowhere])
+    else:
+        cls = getattr(tvd, name)
+        monkeypatch.setattr(cls, "url", nowhere + cls.filename)
+    root = tmp_path / "new" / "data"
+    with pytest.raises(utils.UsageError) as e:
+        utils.load_data(name, str(root))
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"--data-root {root}: cannot read or download")
+    archive = {"CIFAR10": "cifar-10-python.tar.gz", "CIFAR100": "cifar-100-python.tar.gz",
+               "MNIST": "train-images-idx3-ubyte.gz"}[name]
+    where = f"{root}/MNIST/raw/" if name == "MNIST" else f"{root}/"
+    assert f"without internet, put {archive}" in message and message.endswith(f" in {where}")
+    assert not (tmp_path / "new").exists()  # the folders the download made are gone
+
+
+def test_the_cifar_archive_put_where_the_message_says_is_read_offline(tmp_path, monkeypatch):
+    """What the offline message asks for works: the archive in --data-root, no download."""
+    import hashlib
+    import tarfile
+    import torchvision.datasets as tvd
+    made = tmp_path / "made"
+    images, labels = write_cifar(made, False, monkeypatch)
+    root = tmp_path / "data"
+    root.mkdir()
+    with tarfile.open(root / tvd.CIFAR10.filename, "w:gz") as tar:
+        tar.add(made / tvd.CIFAR10.base_folder, arcname=tvd.CIFAR10.base_folder)
+    monkeypatch.setattr(tvd.CIFAR10, "tgz_md5", hashlib.md5(
+        (root / tvd.CIFAR10.filename).read_bytes()).hexdigest())
+    monkeypatch.setattr(tvd.CIFAR10, "url", (tmp_path / "no-server").as_uri() + "/x.tar.gz")
+    train, _ = utils.load_data("CIFAR10", str(root))
+    assert train.labels.tolist() == labels and len(train) == len(images)
 
 
 def test_dataloader_path_equals_memory_path_without_augmentation():

@@ -9,6 +9,7 @@ import matplotlib.image
 import pytest
 
 from conftest import ROOT
+from dldr.kernels import AVX2_PIN, kernel_set, pin_environment
 from dldr.subspace import output_names, stall_diagnostics
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -224,6 +225,29 @@ def test_verdicts_are_computed_from_the_results_files(prepared):
     assert again == text  # a pure function of the runs
 
 
+def test_the_report_says_its_digits_are_portable_only_when_every_run_was_pinned(tmp_path):
+    prepare_runs(tmp_path / "runs")
+    make = lambda: report.report(str(tmp_path / "runs"), SEEDS, NOISES, SIZES, "sizes.png",
+                                 str(tmp_path))
+    text = make()  # runs that recorded no kernels
+    assert report.NOT_PORTABLE in text and report.PORTABLE not in text
+    assert "; kernels not recorded.\n" in text
+    pinned = {"cpu_capability": "AVX2", "onednn_max_cpu_isa": "AVX2", "mkl_cbwr": "COMPATIBLE",
+              "pinned": True, "threads": 1, "cpu": "a CPU (AuthenticAMD, AVX-512)"}
+    for folder in (tmp_path / "runs").iterdir():
+        for path in folder.glob("results_*.json"):
+            rewrite(tmp_path / "runs", *folder.name[len("noise"):].split("_seed"),
+                    path.stem[len("results_"):], lambda run: run.update(kernels=pinned))
+    text = make()
+    assert report.PORTABLE in text and report.NOT_PORTABLE not in text
+    assert "; AVX2 kernels (pinned), 1 thread, on a CPU (AuthenticAMD, AVX-512).\n" in text
+    # one run on native kernels: the report no longer says its digits transfer
+    rewrite(tmp_path / "runs", NOISES[0], SEEDS[0], "sgd",
+            lambda run: run.update(kernels=dict(pinned, pinned=False, cpu_capability="AVX512")))
+    text = make()
+    assert report.NOT_PORTABLE in text and "AVX512 kernels (native)" in text
+
+
 def test_the_sensitivity_runs_are_rows_and_asides_not_verdicts(prepared):
     _, text = prepared
     table = text.split("## Test accuracy")[1].split("\n\n")[1].splitlines()
@@ -374,6 +398,15 @@ def digits_env(tmp_path, **settings):
             "REPORT": str(tmp_path / "R.md"), "PYTHON": sys.executable, **settings}
 
 
+def digits_kernels(env):
+    """The kernel set of digits.sh's runs: its DLDR_KERNELS (avx2 unless set) and 1 thread."""
+    env = {k: v for k, v in env.items() if k not in AVX2_PIN}
+    env = pin_environment(env.get("DLDR_KERNELS", "avx2"), dict(env, OMP_NUM_THREADS="1"))
+    code = "import json, dldr.kernels as k; print(json.dumps(k.kernel_set()))"
+    return json.loads(subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,
+                                     capture_output=True, text=True, timeout=60).stdout)
+
+
 def digits_jobs(env):
     """digits.sh's jobs (LIST_JOBS=1): (results file, checkpoint, command) of each."""
     out = subprocess.run(["bash", os.path.join(ROOT, "experiments", "digits.sh")],
@@ -390,7 +423,8 @@ def test_a_run_is_reused_only_when_every_setting_matches(tmp_path):
     assert argv[0] == "train_psgd.py" and "--n_components" in argv
     os.makedirs(os.path.dirname(results))
     args, _ = reuse.parse(argv)
-    run = {"args": args, "epochs": [], "final": {"test_acc": 90.0}}
+    here = kernel_set()
+    run = {"args": args, "kernels": here, "epochs": [], "final": {"test_acc": 90.0}}
 
     def decide(**changes):
         recorded = {k: v for k, v in dict(args, **changes).items() if v is not KeyError}
@@ -409,6 +443,16 @@ def test_a_run_is_reused_only_when_every_setting_matches(tmp_path):
     assert decide(arch="resnet8")[1] == "made with other settings: arch 'resnet8' -> 'resnet20'"
     status, why = decide(epochs=3, lr=0.5)
     assert status == "fresh" and "epochs 3 -> 8" in why and "lr 0.5 -> 1.0" in why
+    # Made on other CPU kernels (or before they were recorded): made again, saying which
+    run["kernels"] = dict(here, pinned=not here["pinned"], threads=here["threads"] + 1)
+    assert decide() == ("fresh", f"made with other CPU kernels: pinned {not here['pinned']!r} -> "
+                                 f"{here['pinned']!r}, threads {here['threads'] + 1} -> "
+                                 f"{here['threads']}")
+    run["kernels"] = dict(here, cpu="another CPU of the same kernels")
+    assert decide() == ("done", "")
+    del run["kernels"]
+    assert decide() == ("fresh", "made with other CPU kernels: kernels not recorded (an older run)")
+    run["kernels"] = here
     # Unfinished: resumed from its checkpoint when there is one
     del run["final"]
     assert decide() == ("fresh", "unfinished, without a checkpoint")
@@ -426,7 +470,7 @@ def test_a_run_is_reused_only_when_every_setting_matches(tmp_path):
     # The SGD job too: the same rule
     results, checkpoint, argv = jobs[names.index("results_sgd.json")]
     args, _ = reuse.parse(argv)
-    run = {"args": args, "epochs": [], "final": {"test_acc": 90.0}}
+    run = {"args": args, "kernels": here, "epochs": [], "final": {"test_acc": 90.0}}
     assert decide() == ("done", "")
     assert decide(smalldatasets=0.3)[0] == "fresh"
 
@@ -476,10 +520,11 @@ def test_the_report_refuses_to_mix_runs_of_different_settings(tmp_path):
 def test_digits_sh_runs_nothing_already_made_and_rewrites_the_report(tmp_path):
     prepare_runs(tmp_path / "runs")
     env = digits_env(tmp_path)
-    # The runs as digits.sh makes them: the arguments its commands give
+    kernels = digits_kernels(env)
+    # The runs as digits.sh makes them: the arguments its commands give, its kernels
     for results, _, argv in digits_jobs(env):
         run = json.loads(open(results).read())
-        run["args"] = reuse.parse(argv)[0]
+        run["args"], run["kernels"] = reuse.parse(argv)[0], kernels
         with open(results, "w") as f:
             json.dump(run, f)
     out = subprocess.run(["bash", os.path.join(ROOT, "experiments", "digits.sh")], env=env,

@@ -16,9 +16,9 @@ import torch
 
 import dldr.files
 import utils
-from conftest import ROOT, Exploit, run_here
+from conftest import ROOT, THREADS, Exploit, run_here
 
-ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=THREADS)
 
 
 def same_samples(folder, reference):

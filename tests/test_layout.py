@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import models
-from conftest import ROOT
+from conftest import ROOT, THREADS
 
 
 def readme_block(name):
@@ -35,7 +35,7 @@ def test_readme_loop_runs_from_another_folder_with_the_installed_package(tmp_pat
     no PYTHONPATH, so ``import dldr`` and ``import models`` come from the installed package."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", readme_block("pbfgs-loop") + CHECK_AFTER_THE_README],
-                         cwd=tmp_path, env=dict(env, OMP_NUM_THREADS="2"), capture_output=True,
+                         cwd=tmp_path, env=dict(env, OMP_NUM_THREADS=THREADS), capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()

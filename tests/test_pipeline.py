@@ -24,7 +24,10 @@ def test_sgd_writes_samples_provenance_noise_and_results(digits_samples):
     res = results(digits_samples, "sgd")
     assert res["torch"] == torch.__version__ and res["git_commit"] == run["git_commit"]
     assert [e["epoch"] for e in res["epochs"]] == list(range(7))
-    assert res["epochs"][-1]["test_acc"] > 80.0  # resnet8 learns DIGITS (10% noisy labels) in 6 epochs
+    # resnet8 learns DIGITS (10% noisy labels) in 6 epochs. Read with BatchNorm re-estimated: the
+    # running statistics of these short, fast runs lag the weights, and the authors' reading of
+    # the same weights swings by tens of points with the CPU's kernels and threads (docs/speed.md)
+    assert res["final"]["test_acc_bn"] > 80.0
 
 
 def test_subspace_methods_and_random_control(digits_pbfgs, capsys):
@@ -40,7 +43,7 @@ def test_subspace_methods_and_random_control(digits_pbfgs, capsys):
                     "--batch-size", 64, "--basis", "random") == 0
     psgd, pbfgs, rnd = results(folder, "psgd"), results(folder, "pbfgs"), results(folder, "psgd_random")
     assert len(psgd["explained_variance_ratio"]) == 5 and sum(psgd["explained_variance_ratio"]) < 1
-    acc = lambda r: r["epochs"][-1]["test_acc"]
+    acc = lambda r: r["final"]["test_acc_bn"]  # re-estimated, as SGD's above
     # From the random initialisation (sample 0), the trajectory's 5 directions train the network;
     # 5 random directions do not.
     assert acc(psgd) > 70.0 and acc(pbfgs) > 70.0

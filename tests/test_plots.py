@@ -65,6 +65,13 @@ def test_plots_are_valid_images_drawn_from_the_results(tmp_path):
     assert all(float(t).is_integer() for t in ticks)  # epochs on whole-number ticks
     for line, tag in zip(loss_ax.lines, ["sgd", "psgd", "psgd_random"]):
         assert list(line.get_ydata()) == [e["train_loss"] for e in runs[tag]["epochs"]]
+    # The control is seen: its own colour and markers, also where it has one training-loss point
+    runs["psgd_random"]["epochs"] = runs["psgd_random"]["epochs"][:2]
+    acc_ax, loss_ax = plot_results.plot_curves(runs).axes
+    for ax in (acc_ax, loss_ax):
+        [control] = [x for x in ax.lines if x.get_label() == "P-SGD, random basis"]
+        [psgd] = [x for x in ax.lines if x.get_label() == "P-SGD"]
+        assert control.get_marker() == "x" and control.get_color() != psgd.get_color()
 
 
 def test_explained_variance_and_trajectory_use_the_samples(tmp_path):
@@ -75,6 +82,14 @@ def test_explained_variance_and_trajectory_use_the_samples(tmp_path):
     _, ratios = plot_results.plot_explained_variance(samples)
     assert len(ratios) == 5 and abs(ratios.sum() - 1) < 1e-9
     runs = summarize.load_runs(str(folder))
+    # With the runs: the samples of their DLDR basis (1..4), its size marked, named in the title
+    runs["psgd"]["n_components"] = 3
+    fig, ratios = plot_results.plot_explained_variance(samples, epochs, runs)
+    _, expected = utils.subspace_basis(samples[1:5], 3)
+    assert np.allclose(ratios, expected.numpy(), atol=1e-12)
+    ax = fig.axes[0]
+    assert ax.get_title() == "SGD trajectory: samples 1..4, the DLDR basis's (4 samples)"
+    assert [x.get_label() for x in ax.lines][-1] == "k = 3, the basis of P-SGD"
     _, paths = plot_results.plot_trajectory(samples, runs, model, epochs)
     assert paths["sgd"].shape == (6, 3)
     # Every subspace run starts at its restart sample (params_start = 1).

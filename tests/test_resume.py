@@ -15,7 +15,7 @@ import torch
 
 import dldr.progress
 import utils
-from conftest import ROOT, run_here
+from conftest import ROOT, THREADS, run_here
 
 
 def results(folder, tag):
@@ -25,7 +25,7 @@ def results(folder, tag):
 
 def _kill_during(script, args, marker, timeout=300):
     """Start a script, SIGKILL it as soon as ``marker`` appears in its output."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=THREADS)
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             env=env)

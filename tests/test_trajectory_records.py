@@ -12,9 +12,9 @@ import torch
 import models
 import utils
 from dldr.trajectory import matrix_checksum
-from conftest import run_here
+from conftest import SEED, run_here
 
-DATA = ["--datasets", "DIGITS", "--arch", "resnet8", "--device", "cpu", "--randomseed", "3",
+DATA = ["--datasets", "DIGITS", "--arch", "resnet8", "--device", "cpu", "--randomseed", SEED,
         "--corrupt", "0.1", "--print-freq", "100"]
 
 

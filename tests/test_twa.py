@@ -13,10 +13,10 @@ import torch.nn.functional as F
 
 import models
 import utils
-from conftest import run_here
+from conftest import SEED, run_here
 
-# DIGITS_SUB's data (resnet8, 10% noisy labels, seed 3), a smaller training set for speed
-DATA = ["--datasets", "DIGITS", "--arch", "resnet8", "--device", "cpu", "--randomseed", "3",
+# DIGITS_SUB's data (resnet8, 10% noisy labels, its seed), a smaller training set for speed
+DATA = ["--datasets", "DIGITS", "--arch", "resnet8", "--device", "cpu", "--randomseed", SEED,
         "--corrupt", "0.1", "--print-freq", "100"]
 
 
