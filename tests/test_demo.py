@@ -65,7 +65,7 @@ def test_the_demo_reruns_like_make_and_resumes_after_ctrl_c(tmp_path):
     seen, in_pbfgs = [], False
     for line in proc.stdout:
         seen.append(line)
-        in_pbfgs = in_pbfgs or line.strip() == "P-BFGS"
+        in_pbfgs = in_pbfgs or line.startswith("grad accumulate: ")  # P-BFGS's first line
         if in_pbfgs and line.startswith("Epoch: [1]["):
             os.killpg(proc.pid, signal.SIGINT)
             break
