@@ -80,6 +80,16 @@ SGD_OUTPUTS = Outputs("results_sgd.json", None, "checkpoint.pt", "sgd",
                       "samples, checkpoint.pt and results_sgd.json")
 
 
+def check_start_flags(resume, overwrite, reuse, resume_weights, evaluating):
+    """The flags that say how a run starts must not contradict each other (one line, exit 2)."""
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; choose one")
+    if reuse and (resume or overwrite or resume_weights or evaluating):
+        other = ("--resume" if resume else "--overwrite" if overwrite else
+                 "--resume-weights" if resume_weights else "-e")
+        raise UsageError(f"--reuse and {other} contradict each other; choose one")
+
+
 class Run:
     """One run writing into ``save_dir``: its outputs, its resume, its epochs.
 
@@ -101,12 +111,7 @@ class Run:
         self.lock = OutputLock(save_dir, outputs.lock, outputs.describe())
         self.resume = self.weights = None  # (path, checkpoint) to continue; (path, state) to start
         self.kept = False  # --reuse found this run finished: nothing to do
-        if resume and overwrite:
-            raise UsageError("--resume and --overwrite contradict each other; choose one")
-        if reuse and (resume or overwrite or resume_weights or evaluating):
-            other = ("--resume" if resume else "--overwrite" if overwrite else
-                     "--resume-weights" if resume_weights else "-e")
-            raise UsageError(f"--reuse and {other} contradict each other; choose one")
+        check_start_flags(resume, overwrite, reuse, resume_weights, evaluating)
         if resume_weights and (resume or evaluating):
             raise UsageError("--resume-weights starts a new run from a file's weights: not with "
                              + ("--resume, which continues a run; choose one" if resume else

@@ -19,7 +19,7 @@ from .networks import build_model, check_arch_name
 from .optim import FlatParameters
 from .progress import log, log_subspace_lists
 from .records import NOISE_RECORD, Results, check_noise_record, check_provenance
-from .run import Outputs, Run, samples_used
+from .run import Outputs, Run, check_start_flags, samples_used
 from .samples import load_sample_into, load_state, param_vector_from_state, sample_path
 from .training import (amp_mode, compile_model, make_deterministic, resolve_device,
                        seed_everything)
@@ -151,6 +151,7 @@ class SubspaceRun(Run):
         self.method, self.title, self.epoch_times = method, title, epoch_times
         self.settings = settings
         outputs = output_names(method, o.basis, o.output_tag, default_basis)
+        check_start_flags(o.resume, o.overwrite, o.reuse, o.resume_weights, o.evaluate)
         self.trajectory = check_samples_run(o)
         check_basis_file(o.basis_file, o.evaluate)
         self.start = o.params_start if o.train_start is None else o.train_start
