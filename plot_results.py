@@ -134,10 +134,20 @@ def plot_explained_variance(samples, epochs=None, runs=None):
     return fig, ratios
 
 
-def subspace_path(run, samples, model, epochs):
+def final_model_path(save_dir, tag, run):
+    """The final model a subspace run with results_TAG.json saved (PSGD_k5.pt for psgd_k5)."""
+    method = run.get("method", tag.split("_")[0])
+    return os.path.join(save_dir, method.upper() + tag[len(method):] + ".pt")
+
+
+def subspace_path(run, samples, model, epochs, final=None):
     """The run's per-epoch parameters, rebuilt as start + P^T coords (P recomputed exactly); for
     SWA, the one point it is: the samples' mean. Samples are taken by their epoch (``epochs``:
-    those of the rows of ``samples``); None when the folder lacks one the run used."""
+    those of the rows of ``samples``); None when the folder lacks one the run used. A run started
+    from a file's weights (--resume-weights) starts at no sample: its start is its ``final``
+    model's parameters (float64) less P^T of its last coordinates, so that its path ends on the
+    model it saved (exactly where its steps stay in the subspace; P-BFGS's --alpha leaves it);
+    None without that model."""
     a = run["args"]
     used = rows(samples, epochs, range(a["params_start"], a["params_end"],
                                        a.get("params_step", 1)))
@@ -155,12 +165,22 @@ def subspace_path(run, samples, model, epochs):
         basis = utils.span_basis(used)
     else:
         basis, _ = utils.subspace_basis(used, k)
+    if run.get("resumed_from_weights"):
+        return None if final is None else final.reshape(-1) + (coords - coords[-1]) @ basis
     begin = run.get("train_start", a["params_start"])
     start = used.mean(0) if begin == "mean" else rows(samples, epochs, [begin])
     return None if start is None else start.reshape(-1) + coords @ basis
 
 
-def plot_trajectory(samples, runs, model, epochs):
+def final_weights(save_dir, tag, run, model):
+    """The parameters (float64) of the final model of a --resume-weights run, or None."""
+    path = final_model_path(save_dir, tag, run) if save_dir else None
+    if not (run.get("resumed_from_weights") and path and os.path.isfile(path)):
+        return None
+    return utils.param_vector_from_state(utils.load_state(path), model).double()
+
+
+def plot_trajectory(samples, runs, model, epochs, save_dir=None):
     basis, _ = utils.subspace_basis(samples, min(3, len(samples) - 1))
     mean = samples.double().mean(0)
     project = lambda w: ((w.double() - mean) @ basis.T).numpy()
@@ -172,7 +192,8 @@ def plot_trajectory(samples, runs, model, epochs):
     for tag, run in runs.items():
         if tag != "sgd" and "args" in run and ("coords" in run["epochs"][-1]
                                                 or run.get("method") == "swa"):
-            path = subspace_path(run, samples, model, epochs)
+            path = subspace_path(run, samples, model, epochs,
+                                 final_weights(save_dir, tag, run, model))
             if path is not None:
                 paths[tag] = project(path)
     for tag, xyz in paths.items():
@@ -219,7 +240,7 @@ def plot_save_dir(save_dir, loaded=None):
     if trajectory is not None and len(trajectory[0]) >= 3:
         samples, epochs, model, _ = trajectory
         save(plot_explained_variance(samples, epochs, runs)[0], "explained_variance.png")
-        save(plot_trajectory(samples, runs, model, epochs)[0], "trajectory.png")
+        save(plot_trajectory(samples, runs, model, epochs, save_dir)[0], "trajectory.png")
     return written
 
 

@@ -2,7 +2,8 @@
 scripts evaluate it, and with BatchNorm statistics re-estimated on the training data), its best
 epoch, final training loss and time. A results file made from other samples than those in the
 folder now is marked stale, a subspace run whose diagnostics say it stalled (docs/files.md) is
-marked STALLED with its figures below; one that cannot be read is named in one line, the others
+marked STALLED with its figures below, one without a final evaluation UNFINISHED (with why, when
+it recorded it: a non-finite loss); one that cannot be read is named in one line, the others
 shown.
 
     python summarize.py SAVE_DIR
@@ -110,6 +111,15 @@ def load(save_dir):
     return runs, stale_runs(save_dir, runs), problems
 
 
+def unfinished(run):
+    """Why a run has no final evaluation ("stopped: ..." when it recorded why, as a non-finite
+    loss does), or None for a finished run."""
+    if "final" in run:
+        return None
+    return f"stopped: {run['stopped']}" if run.get("stopped") else "no final evaluation (stopped, " \
+        "or still running)"
+
+
 def table(save_dir, loaded=None):
     """The summary table of ``save_dir``'s runs (``loaded``: what ``load`` returned, or read)."""
     runs, stale, problems = loaded or load(save_dir)
@@ -129,9 +139,12 @@ def table(save_dir, loaded=None):
         lines.append(f"{label(tag):<{width}}{last['epoch']:>7}{last['test_acc']:>10.2f}%"
                      f"{bn_text:>19}{best:>9.2f}%{loss:>12.4f}{total:>9.1f}"
                      + ("  STALLED" if stall(runs[tag]) else "")
+                     + ("  UNFINISHED" if unfinished(runs[tag]) else "")
                      + ("  STALE" if tag in stale else ""))
     lines += [f"STALLED: results_{tag}.json: {stall(runs[tag])}"
               for tag in sorted(runs, key=sort_key) if stall(runs[tag])]
+    lines += [f"UNFINISHED: results_{tag}.json: {unfinished(runs[tag])}"
+              for tag in sorted(runs, key=sort_key) if unfinished(runs[tag])]
     lines += [f"STALE: results_{tag}.json: {why}" for tag, why in sorted(stale.items())]
     return "\n".join(lines + problems)
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import utils
+from dldr.run import refuse_replacing
 
 
 def build_parser():
@@ -146,6 +147,8 @@ def main(argv=None):
         raise utils.UsageError(
             f"--save-dir {args.save_dir} already holds samples ({utils.describe_epochs(existing)}) "
             "of another run; pass --resume to continue it or --overwrite to replace it")
+    if not (run.continuing or args.overwrite or args.evaluate):  # its samples deleted, say
+        refuse_replacing(args.save_dir, utils.SGD_OUTPUTS, tagged=False)
     if args.overwrite:
         check_runs_idle(args.save_dir)  # their files are moved aside below
     if args.pretrained and args.datasets in utils.FOLDER_DATASETS:  # fetched before any write

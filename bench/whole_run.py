@@ -111,8 +111,9 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the runs (default: as this "
                                                "process's environment)")
     p.add_argument("--samples", help="folder of the SGD samples: made there unless its E.pt "
-                                     "exists (default: a temporary folder); the runs' results "
-                                     "files there are replaced")
+                                     "exists (default: a temporary folder); the bench's runs "
+                                     f"write their files there under --output-tag {TAG} (the "
+                                     "last bench's replaced), no other run's file is touched")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
@@ -162,11 +163,16 @@ def make_samples(args, folder, env):
     return run_process(command, env, "train_sgd.py (the samples)")
 
 
+# The bench's runs' --output-tag: in a folder of the user's (--samples), their files never
+# replace another run's; --overwrite replaces the previous bench's
+TAG = "whole_run"
+
+
 def method_arguments(method, args, folder):
     half = args.sgd_epochs // 2
     common = [*data_arguments(args), "--save-dir", folder, "--params_start", "0",
               "--params_end", str(half + 1), "--n_components", str(half), "--epochs", "1",
-              "--overwrite"]
+              "--output-tag", TAG, "--overwrite"]
     if method == "psgd":
         return [*common, "--lr", "1", "--batch-size", str(args.psgd_batch_size)]
     return [*common, "--batch-size", str(args.pbfgs_batch_size)]
@@ -245,10 +251,12 @@ def measure_method(method, args, folder, env):
     script = os.path.join(ROOT, SCRIPTS[method])
     arguments = method_arguments(method, args, folder)
     whole = run_process([sys.executable, script, *arguments], env, SCRIPTS[method])
-    profile_path = os.path.join(folder, f"whole_run_{method}.prof")
-    profiled = run_process([sys.executable, "-m", "cProfile", "-o", profile_path, script,
-                            *arguments], env, f"{SCRIPTS[method]} under cProfile")
-    seconds, bn_pass, lazy = phases(Profile(profile_path, script), profiled)
+    with tempfile.TemporaryDirectory(prefix="whole_run_profile_") as scratch:  # none left behind
+        profile_path = os.path.join(scratch, f"{method}.prof")
+        profiled = run_process([sys.executable, "-m", "cProfile", "-o", profile_path, script,
+                                *arguments], env, f"{SCRIPTS[method]} under cProfile")
+        profile = Profile(profile_path, script)
+    seconds, bn_pass, lazy = phases(profile, profiled)
     return dict(whole_s=whole, profiled_s=profiled, phases=seconds, bn_pass_s=bn_pass,
                 lazy_imports_s=lazy)
 

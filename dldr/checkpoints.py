@@ -260,6 +260,8 @@ def resume_run(path, ckpt, model, stateful, train_loader, results):
         return epoch, float(ckpt.get("best_prec1", 0.0))
     load_strictly(model, ckpt["model"], path)
     for name, obj in stateful.items():
+        if name not in ckpt and getattr(obj, "optional", False):
+            continue  # (a state added since that checkpoint was written; the caller falls back)
         try:
             obj.load_state_dict(ckpt[name])
         except (KeyError, ValueError, TypeError) as e:

@@ -99,9 +99,20 @@ def train_start_point(text):
     return _integer(text, lambda v: v >= 0, "a sample number >= 0, or mean")
 
 
+# The --basis names: a run's files carry its basis, then its tag (results_psgd_random_k5.json)
+BASIS_NAMES = ("dldr", "span", "random")
+
+
 def output_tag(text):
+    """argparse type: the suffix of a run's files; not a basis name, which would give a run the
+    file names (and the label) of a run with that basis."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text):
         raise argparse.ArgumentTypeError(f"expected letters, digits, '_', '.' or '-', got {text!r}")
+    basis = next((b for b in BASIS_NAMES if text == b or text.startswith(b + "_")), None)
+    if basis:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} would give this run the file names of a --basis {basis} run; choose a tag "
+            "that does not start with dldr, span or random")
     return text
 
 

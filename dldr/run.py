@@ -62,9 +62,10 @@ def finished_run(save_dir, outputs):
     return "unfinished" if os.path.isfile(os.path.join(save_dir, outputs.checkpoint)) else None
 
 
-def refuse_replacing(save_dir, outputs, resumable=True):
+def refuse_replacing(save_dir, outputs, resumable=True, tagged=True):
     """A new run (no --resume, no --overwrite) must not replace a finished or resumable run's
-    files: one line saying what is there and the flags that continue or replace it."""
+    files: one line saying what is there and the flags that continue or replace it (``tagged``:
+    the script has --output-tag)."""
     state = finished_run(save_dir, outputs)
     if state is None:
         return
@@ -73,7 +74,8 @@ def refuse_replacing(save_dir, outputs, resumable=True):
     keep = ("pass --resume to continue it" if state == "unfinished" else
             "pass --resume with more --epochs to extend it") if resumable else ""
     raise UsageError(f"--save-dir {save_dir} already holds {held}; {keep + ', ' if keep else ''}"
-                     "pass --overwrite to replace it, or use another --output-tag or --save-dir")
+                     "pass --overwrite to replace it, or use another "
+                     f"{'--output-tag or ' if tagged else ''}--save-dir")
 
 
 SGD_OUTPUTS = Outputs("results_sgd.json", None, "checkpoint.pt", "sgd",
@@ -206,11 +208,16 @@ class Run:
                     self.state.saved = self.epoch
                     if self.sample_dir and self.epoch not in available_samples(self.sample_dir):
                         save_sample(self.model, self.sample_dir, self.epoch)  # its write failed
-                    self.results.save()
+                    # A finished run extended keeps its results (final evaluation, diagnostics)
+                    # until its next epoch replaces them: a resume that fails loses nothing
+                    if finished_run(self.save_dir, self.outputs) != "finished":
+                        self.results.save()  # the checkpoint's, where that write failed
                 yield self
         except NonFiniteLoss as e:  # and P-BFGS's NonFiniteError
             kept = (f"samples up to {self.state.epoch}.pt are kept in {self.save_dir}"
                     if self.sample_dir else f"the last good state is in {self.outputs.checkpoint}")
+            self.results.data["stopped"] = str(e)  # readers mark the run: not a finished one
+            self.results.save()
             raise SystemExit(f"error: {e}; {kept}")
 
     def save_start(self, **row):
@@ -286,17 +293,34 @@ def remove_outputs(save_dir, outputs):
             raise files.WriteError(f"{path}: cannot remove it ({e.strerror})") from None
 
 
+# The flags a resume command leaves out (with their PATH where they take one)
+_START_FLAGS = ("--resume", "--resume-weights", "--resume_weights", "--overwrite", "--reuse")
+
+
+def _start_flag(token):
+    """Which of _START_FLAGS ``token`` spells, as argparse reads it (a unique prefix, as in
+    --overwri, or an exact name; with =PATH), or None."""
+    name = token.split("=", 1)[0]
+    if name in _START_FLAGS:
+        return name
+    hits = {f for f in _START_FLAGS if f.startswith(name) and len(name) > 2}
+    if len({h.replace("_", "-") for h in hits}) == 1:  # (argparse refused an ambiguous one)
+        return hits.pop().replace("_", "-")
+    return None
+
+
 def resume_command(argv):
     """The command line that resumes a run started with ``argv``: from the save dir's checkpoint,
-    whatever --resume PATH, --overwrite or --reuse it was started with."""
+    whatever --resume PATH, --overwrite or --reuse it was started with, spelt in full or not."""
     args, skip = [], 0
     for a in argv:
         if skip == 2 or (skip == 1 and not a.startswith("-")):  # the PATH of --resume(-weights)
             skip = 0
             continue
-        skip = 1 if a == "--resume" else 2 if a in ("--resume-weights", "--resume_weights") else 0
-        if not (skip or a.startswith(("--resume=", "--resume-weights=", "--resume_weights="))
-                or a in ("--overwrite", "--reuse")):
+        flag = _start_flag(a) if a.startswith("--") else None
+        takes_path = "=" not in a and flag in ("--resume", "--resume-weights", "--resume_weights")
+        skip = (1 if flag == "--resume" else 2) if takes_path else 0
+        if flag is None:
             args.append(a)
     args.append("--resume")
     script = os.path.relpath(sys.argv[0]) if sys.argv[0].endswith(".py") else "SCRIPT.py"

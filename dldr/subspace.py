@@ -139,6 +139,22 @@ def make_evaluator(o, model, eval_model, train_set, test_set, device, amp):
                      o.print_freq)
 
 
+class StartWeights:
+    """The weights a --resume-weights run started from (its trainable parameters, flat), kept in
+    its checkpoints: a resumed run measures its coordinates and distance from them, not from the
+    file, which may have been replaced or moved since."""
+    optional = True  # a checkpoint written before it existed lacks it
+
+    def __init__(self):
+        self.vector = None
+
+    def state_dict(self):
+        return {"vector": self.vector}
+
+    def load_state_dict(self, state):
+        self.vector = state["vector"]
+
+
 class SubspaceRun(Run):
     """A P-BFGS, P-SGD or TWA run (``method``, its ``title`` in the log) with ``options``
     (cli.SubspaceOptions) and the method's own ``settings`` (part of what defines the run). In
@@ -259,14 +275,20 @@ class SubspaceRun(Run):
         restart's evaluation, its checkpoint and results. ``scheduler`` (P-SGD's) is stepped to
         --start-epoch on a fresh start, as the authors' ``last_epoch=start_epoch - 1``."""
         o = self.options
+        start_weights = StartWeights()
+        if self.identity.get("resumed_from_weights"):
+            stateful = dict(stateful, start_weights=start_weights)
         with self.writing(model=self.model, stateful=stateful,
                           train_loader=self.train_loader, results=self.results,
                           evaluator=self.evaluator, start_epoch=o.start_epoch):
             weights = self.identity.get("resumed_from_weights")
             if weights:  # training starts from that file's weights: coordinates are taken there
-                self.w_start = (self.flat.data.clone() if not self.resumed else
-                                param_vector_from_state(load_start_weights(weights)[1],
-                                                        self.model).to(self.flat.data))
+                if not self.resumed:
+                    start_weights.vector = self.flat.data.detach().clone()
+                elif start_weights.vector is None:  # a checkpoint older than StartWeights
+                    start_weights.vector = param_vector_from_state(
+                        load_start_weights(weights)[1], self.model)
+                self.w_start = start_weights.vector.to(self.flat.data)
             if not self.resumed:
                 if scheduler is not None:
                     fast_forward(scheduler, o.start_epoch)

@@ -30,6 +30,16 @@ def resolve_device(name):
                              "of them (CUDA_VISIBLE_DEVICES renumbers them from 0)")
         # so that kernels, generators and "cuda" tensors of libraries land on it, not on cuda:0
         torch.cuda.set_device(device)
+    if device.type == "meta":
+        raise UsageError(f"--device {name}: meta tensors hold no values, nothing can be trained "
+                         "or evaluated on them; use --device cpu or cuda")
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, ...: usable only where torch has them
+        try:
+            (torch.ones(2, device=device) * 2).sum().item()
+        except Exception as e:  # torch's error differs by backend: not compiled, no device, ...
+            why = " ".join(str(e).split()).split(". ")[0]
+            raise UsageError(f"--device {name}: torch cannot use it here ({why}); use --device "
+                             "cpu or cuda") from None
     return device
 
 

@@ -60,8 +60,9 @@ export PBFGS_EPOCHS=$(( (SGD_EPOCHS * 20 + 75) / 150 )) PSGD_EPOCHS=$(( (SGD_EPO
 export PSGD_DROP=$(( PSGD_EPOCHS * 3 / 4 )) TWA_EPOCHS=$(( (SGD_EPOCHS * 10 + 100) / 200 ))
 export LATE_START=$(( DROP + 1 )) LATE_END=$(( SGD_EPOCHS + 1 ))
 export LATE_K=$(( (LATE_END - LATE_START) / 2 ))
-if (( PARAMS_END > DROP || PBFGS_EPOCHS < 1 || PSGD_DROP < 1 || LATE_K < 1 )); then
-    echo "SGD_EPOCHS=$SGD_EPOCHS is too small for the paper's proportions (try 30)" >&2; exit 2
+if (( PARAMS_END > DROP || PBFGS_EPOCHS < 1 || PSGD_DROP < 1 || LATE_K < 1 || TWA_EPOCHS < 1 )); then
+    echo "SGD_EPOCHS=$SGD_EPOCHS is too small for the paper's proportions (at least 10: TWA's" \
+         "10/200 of it must be an epoch; try 30)" >&2; exit 2
 fi
 # The main size, as experiments/report.py picks it: the first SIZES entry nearest half the basis's
 # PARAMS_END samples (|2k - PARAMS_END| smallest, in whole numbers); 8 with the defaults

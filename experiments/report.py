@@ -525,13 +525,11 @@ def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png",
     w(f"At lr {SENSITIVITY_LR} (not the paper's setting; every noise level and seed): "
       + "; ".join(lr_counts) + ".\n")
     momentum = sub["psgd"].get("momentum")
-    w("Not rounding: measured on two runs that stalled, each made again in float64 (`--dtype "
-      "float64`), which stalled the same way: P-SGD with 8 directions from sample 0 (noise 0, "
-      "seed 3, an earlier report's run; issue 26), and TWA from the mean of the late samples "
-      "21..30 "
-      "(noise 0, seed 3, lr 2; final training loss 4.745 in float64 against 4.749). The "
-      "project's P-SGD step equals the authors' to 0.0 over 20 float64 steps "
-      "(tests/test_psgd_reference.py holds it to 2.2e-16 a step).\n")
+    if stalled_runs:  # measured once by hand on runs of earlier reports, not on these
+        w("Not rounding, as far as measured: two stalled runs of earlier reports, made again in "
+          "float64 (`--dtype float64`), stalled the same way (figures in docs/beside-dldr.md), "
+          "and the project's P-SGD step equals the authors' to 2.2e-16 a step in float64 "
+          "(tests/test_psgd_reference.py); these runs were not made again.\n")
     causes = []
     if any(start_of(r) == 0 for r in stalled_runs):
         causes.append(
@@ -550,7 +548,7 @@ def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png",
             f"{fmt_g(figures(runaway, 'trajectory_reach'))}) TWA's lr {lrs} runs away: a few "
             "batches' gradients on the span, far above the others, carry the weights "
             f"{fmt_g(reach_ratio(runaway))} times the samples' spread, where the gradients are "
-            "larger still (measured step by step on noise 0, seed 3, which trained at lr 0.5: "
+            "larger still (measured step by step on such a run of an earlier report: "
             "docs/beside-dldr.md)")
     if any(start_of(r) != 0 and r not in runaway for r in stalled_runs):
         causes.append("the other runs that stalled are listed above with their figures")

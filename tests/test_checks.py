@@ -289,7 +289,9 @@ def test_a_finished_run_is_replaced_only_with_overwrite_and_resume_weights_is_re
     start, end = (utils.param_vector_from_state(utils.load_state(str(p)), model).double()
                   for p in (weights, folder / "PSGD.pt"))
     assert new["epochs"][-1]["distance"] == pytest.approx((end - start).norm().item(), rel=1e-5)
-    # and so after a resume, which reads them again from the file the record names
+    # and so after a resume, from the checkpoint's copy of them: the file may have been replaced
+    # since (issue 33), here by sample 0
+    shutil.copy(folder / "0.pt", weights)
     assert run_here("train_psgd.py", *DIGITS_SUB, "--save-dir", folder, "--epochs", 2,
                     "--batch-size", 256, "--lr", 0.3, "--resume") == 0
     end = utils.param_vector_from_state(utils.load_state(str(folder / "PSGD.pt")), model).double()

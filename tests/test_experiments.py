@@ -329,7 +329,9 @@ def test_stalled_runs_are_listed_apart_and_not_counted_as_trained(tmp_path):
             "faithful lr 1") in why
     assert "| the samples' mean (TWA) | no | 11 |" in why
     assert "1 of the 40 subspace runs carry no `diagnostics`" in why
-    assert "float64`), which stalled the same way" in why
+    # The float64 measurement was made on runs of earlier reports: said as such, no seed named
+    assert "float64`), stalled the same way (figures in docs/beside-dldr.md)" in why
+    assert "seed 3" not in text and "4.745" not in text
     assert ("Why: from the random initialisation a stall is the method at this small budget "
             "(P-SGD: lr 1, momentum 0.9, 8 epochs; P-BFGS: 4 epochs).") in why
     assert "runs away" not in why  # no TWA run stalled here
@@ -413,6 +415,15 @@ def digits_jobs(env):
                          env=dict(env, LIST_JOBS="1"), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return [(r, c, argv) for r, c, *argv in (line.split("\t") for line in out.stdout.splitlines())]
+
+
+@pytest.mark.parametrize("epochs", ["5", "9"])
+def test_digits_sh_refuses_sgd_epochs_too_few_for_every_method(tmp_path, epochs):
+    out = subprocess.run(["bash", os.path.join(ROOT, "experiments", "digits.sh")],
+                         env=dict(digits_env(tmp_path), SGD_EPOCHS=epochs, LIST_JOBS="1"),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith(f"SGD_EPOCHS={epochs} is too small") and "at least 10" in out.stderr
 
 
 def test_a_run_is_reused_only_when_every_setting_matches(tmp_path):

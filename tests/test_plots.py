@@ -150,3 +150,35 @@ def test_summary_flag_prints_summarize_table_before_the_plots(tmp_path, capsys, 
     table = summarize.table(str(folder))
     assert out.startswith(table) and out.index(table) < out.index("wrote ")
     assert "curves.png" in out.split(table, 1)[1]
+
+
+def test_a_resume_weights_run_is_drawn_from_its_weights_to_its_saved_model(tmp_path):
+    """Issue 33: a run started from a file's weights starts at no sample; its path ends on the
+    model it saved and starts where those weights were (not at --params_start's sample)."""
+    folder = _save_dir(tmp_path)
+    samples, epochs, model, _ = plot_results.trajectory_pca(str(folder))
+    used = samples[1:5].double()
+    basis, _ = utils.subspace_basis(used, 3)
+    torch.manual_seed(1)
+    w0 = samples[3].double() + 0.05 * torch.randn(samples.shape[1], dtype=torch.float64)
+    coords = [[0.0, 0.0, 0.0], [0.3, -0.1, 0.2], [0.5, 0.4, -0.2]]
+    final = w0 + torch.tensor(coords[-1], dtype=torch.float64) @ basis
+    torch.nn.utils.vector_to_parameters(final.float(), model.parameters())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save(state, folder / "PSGD_rw.pt")
+    run = {"method": "psgd", "basis": "dldr", "resumed_from_weights": "elsewhere/start.pt",
+           "epochs": [{"epoch": e, "test_acc": 50.0, "coords": c} for e, c in enumerate(coords)],
+           "final": {"test_acc": 50.0, "test_acc_bn": 60.0},
+           "args": {"basis": "dldr", "params_start": 1, "params_end": 5, "randomseed": 1}}
+    json.dump(run, open(folder / "results_psgd_rw.json", "w"))
+    runs = summarize.load_runs(str(folder))
+    _, paths = plot_results.plot_trajectory(samples, runs, model, epochs, str(folder))
+    pca, _ = utils.subspace_basis(samples, 3)
+    project = lambda w: ((w - samples.double().mean(0)) @ pca.T).numpy()
+    assert np.allclose(paths["psgd_rw"][-1], project(final.float().double()), atol=1e-5)
+    assert np.allclose(paths["psgd_rw"][0], project(w0), atol=1e-5)
+    assert not np.allclose(paths["psgd_rw"][0], paths["sgd"][1], atol=1e-3)  # not sample 1
+    # Without its model (deleted, or the run unfinished): not drawn rather than drawn wrong
+    os.remove(folder / "PSGD_rw.pt")
+    _, paths = plot_results.plot_trajectory(samples, runs, model, epochs, str(folder))
+    assert "psgd_rw" not in paths

@@ -115,3 +115,10 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_samples(tmp_path, dat
     assert kept and kept == list(range(len(kept)))
     for e in kept:  # every sample written so far is whole
         utils.load_state(utils.sample_path(str(tmp_path), e))
+    # The results say so, and the summary marks the run instead of showing an ordinary row
+    results = json.loads((tmp_path / "results_sgd.json").read_text())
+    assert "final" not in results and results["stopped"] == code.split("error: ")[1].split(";")[0]
+    import summarize
+    table = summarize.table(str(tmp_path)).splitlines()
+    assert table[1].startswith("SGD") and table[1].endswith("  UNFINISHED")
+    assert f"UNFINISHED: results_sgd.json: stopped: {results['stopped']}" in table

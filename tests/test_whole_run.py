@@ -17,14 +17,20 @@ import whole_run  # noqa: E402
 def test_toy_whole_run_splits_both_runs_into_phases_that_add_up(tmp_path, capsys):
     out = tmp_path / "whole_run.json"
     samples = tmp_path / "samples"
+    # A finished run of the user's in the folder, under the name a bench run had before
+    samples.mkdir()
+    (samples / "results_psgd.json").write_text('{"epochs": [], "final": {"test_acc": 90.0}}')
     whole_run.main(["--toy", "--threads", "1", "--json", str(out), "--samples", str(samples),
                     "--psgd-batch-size", "48", "--pbfgs-batch-size", "96"])
     printed = capsys.readouterr().out
     # The batches asked for are the runs' (their results files) and the header's
     assert "P-SGD (batch 48) and P-BFGS (batch 96)" in printed
     for name, batch in (("psgd", 48), ("pbfgs", 96)):
-        record = json.loads((samples / f"results_{name}.json").read_text())
+        record = json.loads((samples / f"results_{name}_{whole_run.TAG}.json").read_text())
         assert record["args"]["batch_size"] == batch and len(record["epochs"]) == 2
+    # The user's run untouched, no profile left behind
+    assert json.loads((samples / "results_psgd.json").read_text())["final"]["test_acc"] == 90.0
+    assert not [n for n in os.listdir(samples) if n.endswith(".prof")]
     figures = json.loads(out.read_text())
     assert figures["machine"]["omp_num_threads"] == "1" and figures["sgd_s"] > 0
     assert list(figures["methods"]) == list(whole_run.METHODS)
