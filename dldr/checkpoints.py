@@ -68,6 +68,22 @@ def check_same_processes(path, ckpt):
                          f"continues its own random streams, so resume it with {launch}")
 
 
+class StartWeights:
+    """The weights a --resume-weights run started from (its trainable parameters, flat), kept in
+    its checkpoints: a resumed run measures its coordinates and distance from them, not from the
+    file, which may have been replaced or moved since."""
+    optional = True  # a checkpoint written before it existed lacks it
+
+    def __init__(self):
+        self.vector = None
+
+    def state_dict(self):
+        return {"vector": self.vector}
+
+    def load_state_dict(self, state):
+        self.vector = state["vector"]
+
+
 def checkpoint_state(epoch, model, stateful, train_loader, best_prec1, results, identity):
     """Everything an exact resume needs after ``epoch``; ``stateful`` maps names to objects with
     ``state_dict()`` (optimizer, scheduler, scaler, P-BFGS); ``identity``: what defines the run

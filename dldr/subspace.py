@@ -9,8 +9,8 @@ import torch
 
 from .batches import bn_loader, make_loader, test_batch_size
 from .batchnorm import reestimate_bn
-from .checkpoints import (fast_forward, find_resume_checkpoint, load_start_weights,
-                          load_weights)
+from .checkpoints import (StartWeights, fast_forward, find_resume_checkpoint,
+                          load_start_weights, load_weights)
 from .cli import UsageError
 from .data import check_dataset_name, load_data
 from .distributed import init_distributed, is_main_process, seed_processes, sync_batchnorm
@@ -137,22 +137,6 @@ def make_evaluator(o, model, eval_model, train_set, test_set, device, amp):
     return Evaluator(model, eval_model, test_loader,
                      bn_loader(train_set, o.batch_size, device, o.loader, o.workers), amp,
                      o.print_freq)
-
-
-class StartWeights:
-    """The weights a --resume-weights run started from (its trainable parameters, flat), kept in
-    its checkpoints: a resumed run measures its coordinates and distance from them, not from the
-    file, which may have been replaced or moved since."""
-    optional = True  # a checkpoint written before it existed lacks it
-
-    def __init__(self):
-        self.vector = None
-
-    def state_dict(self):
-        return {"vector": self.vector}
-
-    def load_state_dict(self, state):
-        self.vector = state["vector"]
 
 
 class SubspaceRun(Run):
