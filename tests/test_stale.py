@@ -82,9 +82,11 @@ def test_summarize_and_plots_name_an_unreadable_results_file_and_show_the_others
     (tmp_path / "results_twa.json").write_text('{"epochs": [{"epoch": 0, ')  # cut short
     (tmp_path / "results_pbfgs.json").write_text('{"method": "pbfgs", "epochs": []}')
     lines = summarize.table(str(tmp_path)).splitlines()
-    assert lines[1].startswith("P-SGD (random basis), tag k5 ") and len(lines) == 4
-    assert lines[2].startswith(f"skipped {tmp_path / 'results_pbfgs.json'}: no epoch recorded")
-    assert lines[3].startswith(f"skipped {tmp_path / 'results_twa.json'}: not valid JSON")
+    assert lines[1].startswith("P-SGD (random basis), tag k5 ") and len(lines) == 5
+    assert lines[1].endswith("  UNFINISHED") and lines[2].startswith(  # no final evaluation
+        "UNFINISHED: results_psgd_random_k5.json: no final evaluation")
+    assert lines[3].startswith(f"skipped {tmp_path / 'results_pbfgs.json'}: no epoch recorded")
+    assert lines[4].startswith(f"skipped {tmp_path / 'results_twa.json'}: not valid JSON")
     capsys.readouterr()
     written = plot_results.plot_save_dir(str(tmp_path))
     assert [os.path.basename(p) for p in written] == ["curves.png"]
