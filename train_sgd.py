@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import utils
-from dldr.run import refuse_replacing
+from dldr.run import check_start_flags, refuse_replacing
 
 
 def build_parser():
@@ -121,9 +121,8 @@ def main(argv=None):
         raise utils.UsageError(f"--start-epoch {args.start_epoch}: the run would train nothing "
                                f"with --epochs {args.epochs} and write {args.start_epoch}.pt from "
                                f"the initial weights; use --epochs > {args.start_epoch}")
-    for other in ("resume", "reuse"):
-        if getattr(args, other) and args.overwrite:
-            raise utils.UsageError(f"--{other} and --overwrite contradict each other; choose one")
+    check_start_flags(args.resume, args.overwrite, args.reuse, args.resume_weights,
+                      args.evaluate)  # (Run has no --overwrite of SGD's to check it with)
     if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
         raise utils.UsageError(f"--resume: no checkpoint at {args.resume}")
     if args.resume == "auto" and not os.path.isfile(os.path.join(args.save_dir, "checkpoint.pt")):
