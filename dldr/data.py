@@ -54,18 +54,18 @@ def _missing_folders(root):
 
 
 def _remove_if_empty(folders):
-    """After a failed download: the folders in ``folders`` (made by it) go again when nothing but
-    empty folders and empty files (a download that never started) is in them."""
-    for top in folders[:1]:
-        if not os.path.isdir(top):
-            return
-        for here, dirs, names in os.walk(top, topdown=False):
-            for name in names:
-                path = os.path.join(here, name)
-                if os.path.getsize(path) == 0:
-                    os.unlink(path)
-            if not os.listdir(here):
-                os.rmdir(here)
+    """After a failed download: the folders in ``folders`` (made by it, the topmost first) go
+    again when nothing but empty folders and empty files (a download that never started) is in
+    them."""
+    if not folders or not os.path.isdir(folders[0]):
+        return
+    for here, _, names in os.walk(folders[0], topdown=False):
+        for name in names:
+            path = os.path.join(here, name)
+            if os.path.getsize(path) == 0:
+                os.unlink(path)
+        if not os.listdir(here):
+            os.rmdir(here)
 
 
 def read_or_download(root, what, make, offline):
