@@ -156,6 +156,34 @@ def write_mnist(root, n_train=40, n_test=12, seed=0):
     return out["train"]
 
 
+def kernels_in_new_interpreter(env):
+    """dldr.kernels.kernel_set() of a new interpreter started with ``env``: what a script started
+    so records (the pin must be set before torch starts)."""
+    import json
+    code = "import json, dldr.kernels as k; print(json.dumps(k.kernel_set()))"
+    return json.loads(subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,
+                                     capture_output=True, text=True, timeout=120).stdout)
+
+
+class Stopped(Exception):
+    """Stands for the process dying (or Ctrl-C): raised from inside a training loop."""
+
+
+def stop_training_at(monkeypatch, epoch, step):
+    """Make the training loops of this interpreter raise Stopped at progress update ``step`` of
+    epoch ``epoch`` or later in it, as a process dying there; ``monkeypatch.undo()`` lets them
+    run again."""
+    import dldr.progress
+    update = dldr.progress.EpochProgress.update
+
+    def stops(progress, i, *args):
+        if progress.epoch == epoch and i >= step:
+            raise Stopped
+        return update(progress, i, *args)
+
+    monkeypatch.setattr(dldr.progress.EpochProgress, "update", stops)
+
+
 class Exploit:
     """A pickle that runs ``touch MARKER`` when unpickled: a crafted checkpoint."""
 

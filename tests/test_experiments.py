@@ -8,7 +8,7 @@ import sys
 import matplotlib.image
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, kernels_in_new_interpreter
 from dldr.kernels import AVX2_PIN, kernel_set, pin_environment
 from dldr.subspace import output_names, stall_diagnostics
 
@@ -403,10 +403,8 @@ def digits_env(tmp_path, **settings):
 def digits_kernels(env):
     """The kernel set of digits.sh's runs: its DLDR_KERNELS (avx2 unless set) and 1 thread."""
     env = {k: v for k, v in env.items() if k not in AVX2_PIN}
-    env = pin_environment(env.get("DLDR_KERNELS", "avx2"), dict(env, OMP_NUM_THREADS="1"))
-    code = "import json, dldr.kernels as k; print(json.dumps(k.kernel_set()))"
-    return json.loads(subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,
-                                     capture_output=True, text=True, timeout=60).stdout)
+    return kernels_in_new_interpreter(
+        pin_environment(env.get("DLDR_KERNELS", "avx2"), dict(env, OMP_NUM_THREADS="1")))
 
 
 def digits_jobs(env):

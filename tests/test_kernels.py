@@ -3,13 +3,11 @@ records the set that made its numbers (docs/speed.md)."""
 import json
 import os
 import platform
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, kernels_in_new_interpreter
 from dldr.kernels import AVX2_PIN, kernel_set, pin_environment
 
 
@@ -20,17 +18,10 @@ def test_pin_environment_sets_both_variables_or_none():
         pin_environment("avx512", {})
 
 
-def _kernels_in_new_interpreter(env):
-    code = "import json, dldr.kernels as k; print(json.dumps(k.kernel_set()))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, check=True).stdout
-    return json.loads(out)
-
-
 def test_the_pin_reaches_torch_and_the_record_says_so():
     env = {k: v for k, v in os.environ.items() if k not in AVX2_PIN}
-    native = _kernels_in_new_interpreter(dict(env, OMP_NUM_THREADS="1"))
-    pinned = _kernels_in_new_interpreter(pin_environment("avx2", dict(env, OMP_NUM_THREADS="1")))
+    native = kernels_in_new_interpreter(dict(env, OMP_NUM_THREADS="1"))
+    pinned = kernels_in_new_interpreter(pin_environment("avx2", dict(env, OMP_NUM_THREADS="1")))
     assert native["pinned"] is False and native["onednn_max_cpu_isa"] is None
     assert pinned["pinned"] is True and pinned["onednn_max_cpu_isa"] == "AVX2"
     assert native["threads"] == pinned["threads"] == 1 and native["cpu"] == pinned["cpu"]

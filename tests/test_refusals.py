@@ -2,7 +2,7 @@
 same round are rows of docs/bad-input.md, run by test_cli)."""
 import os
 
-from conftest import run_here
+from conftest import Stopped, run_here, stop_training_at
 
 
 def test_sgd_refuses_to_replace_a_finished_run_whose_samples_were_deleted(tmp_path, data_args,
@@ -42,13 +42,8 @@ def test_summarize_marks_a_run_without_final_evaluation(tmp_path):
                          "running)")
 
 
-class Stopped(Exception):
-    """Stands for a failure of the resumed run before its first new epoch ends."""
-
-
 def test_a_failed_resume_of_a_finished_run_keeps_its_results(tmp_path, data_args, monkeypatch):
     import pytest
-    import dldr.progress
     folder = tmp_path / "run"
     sgd = [*data_args, "--epochs", 2, "--batch-size", 16, "--print-freq", 100, "--save-dir",
            folder]
@@ -57,10 +52,7 @@ def test_a_failed_resume_of_a_finished_run_keeps_its_results(tmp_path, data_args
     assert run_here("train_psgd.py", *psgd) == 0
     finished = {n: (folder / n).read_bytes() for n in ("results_sgd.json", "results_psgd.json")}
 
-    def fails(progress, i, *args):
-        raise Stopped
-
-    monkeypatch.setattr(dldr.progress.EpochProgress, "update", fails)
+    stop_training_at(monkeypatch, epoch=2, step=0)  # the extension's first step fails
     for script, argv in (("train_sgd.py", sgd), ("train_psgd.py", psgd)):
         with pytest.raises(Stopped):  # extended by one epoch, which fails at its first step
             run_here(script, *argv, "--epochs", 3, "--resume")

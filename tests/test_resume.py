@@ -13,9 +13,8 @@ import time
 import pytest
 import torch
 
-import dldr.progress
 import utils
-from conftest import ROOT, THREADS, run_here
+from conftest import ROOT, THREADS, Stopped, run_here, stop_training_at
 
 
 def results(folder, tag):
@@ -66,10 +65,6 @@ def _copy_samples(source, target):
             (target / name).write_bytes((source / name).read_bytes())
 
 
-class Stopped(Exception):
-    """Stands for the process dying: raised from inside the training loop."""
-
-
 @pytest.mark.parametrize("script,tag,extra", [
     ("train_pbfgs.py", "PBFGS", ["--batch-size", 8, "--alpha", 0.01, "--accumulate", 2]),
     ("train_psgd.py", "PSGD", ["--batch-size", 16]),
@@ -83,14 +78,7 @@ def test_subspace_script_stopped_and_resumed_ends_identical(short_samples, tmp_p
     _copy_samples(short_samples, stopped)
     assert run_here(script, *common, "--save-dir", straight) == 0
 
-    update = dldr.progress.EpochProgress.update
-
-    def dies_in_epoch_1(progress, i, *args):
-        if progress.epoch == 1 and i >= 2:
-            raise Stopped
-        return update(progress, i, *args)
-
-    monkeypatch.setattr(dldr.progress.EpochProgress, "update", dies_in_epoch_1)
+    stop_training_at(monkeypatch, epoch=1, step=2)
     with pytest.raises(Stopped):
         run_here(script, *common, "--save-dir", stopped)
     monkeypatch.undo()

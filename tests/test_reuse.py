@@ -6,9 +6,8 @@ import os
 
 import pytest
 
-import dldr.progress
 import utils
-from conftest import DIGITS_SUB, run_here
+from conftest import DIGITS_SUB, Stopped, run_here, stop_training_at
 
 
 def snapshot(folder):
@@ -20,10 +19,6 @@ def snapshot(folder):
             with open(path, "rb") as f:
                 files[os.path.relpath(path, folder)] = (f.read(), os.stat(path).st_mtime_ns)
     return files
-
-
-class Stopped(Exception):
-    """Stands for Ctrl-C: raised from inside the training loop."""
 
 
 @pytest.fixture
@@ -63,14 +58,7 @@ def test_reuse_resumes_an_interrupted_subspace_run_then_keeps_it(sgd, tmp_path, 
     folder = tmp_path / "run"
     assert run_here("train_sgd.py", *sgd) == 0
     psgd = [*sgd, "--params_end", 3, "--lr", 0.1, "--reuse", "--n_components", 2]
-    update = dldr.progress.EpochProgress.update
-
-    def stops_in_epoch_1(progress, i, *args):
-        if progress.epoch == 1 and i >= 2:
-            raise Stopped
-        return update(progress, i, *args)
-
-    monkeypatch.setattr(dldr.progress.EpochProgress, "update", stops_in_epoch_1)
+    stop_training_at(monkeypatch, epoch=1, step=2)  # as Ctrl-C there
     with pytest.raises(Stopped):
         run_here("train_psgd.py", *psgd)
     monkeypatch.undo()
