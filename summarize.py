@@ -103,6 +103,19 @@ def stall(run):
             f"{number('max_distance')}, the trajectory's reach {number('trajectory_reach')}")
 
 
+def stall_unknown(run):
+    """Why the stall rule could not judge a finished subspace run (labels too noisy), or None."""
+    d = run.get("diagnostics")
+    if not (isinstance(d, dict) and "stalled" in d and d["stalled"] is None and "final" in run):
+        return None
+
+    def number(key):
+        return "n/a" if not isinstance(d.get(key), (int, float)) else f"{d[key]:.4g}"
+    return (f"inconclusive: with --corrupt {d.get('corrupt')} the best loss the labels allow, "
+            f"{number('best_loss')}, is nearly a guess's {number('chance_loss')} (final training "
+            f"loss {number('final_train_loss')})")
+
+
 def load(save_dir):
     """(runs, stale, problems) of ``save_dir``: ``load_runs``, ``stale_runs`` and the lines
     about unreadable files; read once for the table and the plots."""
@@ -139,10 +152,13 @@ def table(save_dir, loaded=None):
         lines.append(f"{label(tag):<{width}}{last['epoch']:>7}{last['test_acc']:>10.2f}%"
                      f"{bn_text:>19}{best:>9.2f}%{loss:>12.4f}{total:>9.1f}"
                      + ("  STALLED" if stall(runs[tag]) else "")
+                     + ("  STALL?" if stall_unknown(runs[tag]) else "")
                      + ("  UNFINISHED" if unfinished(runs[tag]) else "")
                      + ("  STALE" if tag in stale else ""))
     lines += [f"STALLED: results_{tag}.json: {stall(runs[tag])}"
               for tag in sorted(runs, key=sort_key) if stall(runs[tag])]
+    lines += [f"STALL?: results_{tag}.json: {stall_unknown(runs[tag])}"
+              for tag in sorted(runs, key=sort_key) if stall_unknown(runs[tag])]
     lines += [f"UNFINISHED: results_{tag}.json: {unfinished(runs[tag])}"
               for tag in sorted(runs, key=sort_key) if unfinished(runs[tag])]
     lines += [f"STALE: results_{tag}.json: {why}" for tag, why in sorted(stale.items())]

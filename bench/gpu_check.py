@@ -27,7 +27,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dldr.files import atomic_write, atomic_write_json  # noqa: E402
+from dldr.cli import UsageError, positive_number  # noqa: E402
+from dldr.files import atomic_write, atomic_write_json, check_writable_dir  # noqa: E402
 
 GPU_BUDGET_S, CPU_BUDGET_S = 450, 450  # the sums of the budgets of the stages that run
 
@@ -549,7 +550,7 @@ def main(argv=None):
                    help="folder of gpu_check.jsonl, gpu_check.md and the logs (default: $OUT, "
                         "else bench/out)")
     p.add_argument("--stages", default=None, help="comma-separated: only these stages")
-    p.add_argument("--budget-scale", type=float, default=1.0,
+    p.add_argument("--budget-scale", type=positive_number, default=1.0,
                    help="multiply every stage's budget (e.g. 2 on a slow machine)")
     p.add_argument("--verify", metavar="JSONL",
                    help="check a finished run's file instead: one line per stage, none failed")
@@ -570,6 +571,11 @@ def main(argv=None):
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return 1 if problems else 0
+    args.out = os.path.abspath(args.out)  # the stages run in the repository's root
+    try:
+        check_writable_dir(args.out, "--out")
+    except UsageError as e:
+        p.error(str(e))
     chosen = args.stages.split(",") if args.stages else list(by_name)
     if set(chosen) - set(by_name):
         p.error(f"--stages: unknown {sorted(set(chosen) - set(by_name))}; known: "

@@ -4,5 +4,5 @@
 # as soon as it ends, a markdown table last; exit status 1 when a stage failed.
 #   bash bench/gpu_check.sh            on one CUDA GPU, under 8 minutes
 #   bash bench/gpu_check.sh --cpu      the same stages at toy sizes on the CPU (a dry run; CI runs it)
-cd "$(dirname "$0")/.."
-exec "${PYTHON:-python3}" bench/gpu_check.py "$@"
+# No cd: a relative --out or OUT is the caller's (gpu_check.py runs its stages in the root)
+exec "${PYTHON:-python3}" "$(dirname "$0")/gpu_check.py" "$@"

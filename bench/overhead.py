@@ -32,6 +32,8 @@ import train_pbfgs  # noqa: E402
 import train_psgd  # noqa: E402
 import train_sgd  # noqa: E402
 import utils  # noqa: E402
+from dldr.cli import UsageError, positive_int  # noqa: E402
+from dldr.files import check_output_file  # noqa: E402
 
 METHODS = ("sgd", "psgd", "pbfgs", "twa")
 TITLES = {"sgd": "SGD", "psgd": "P-SGD", "pbfgs": "P-BFGS", "twa": "TWA"}
@@ -42,20 +44,25 @@ def parse_args(argv):
     p.add_argument("--tiny", action="store_true", help="toy size: a few seconds in all")
     p.add_argument("--methods", default=",".join(METHODS),
                    help="comma-separated, of " + ", ".join(METHODS))
-    p.add_argument("--batch-size", type=int, help="SGD, P-SGD and TWA (default 128; tiny 8)")
-    p.add_argument("--pbfgs-batch-size", type=int, help="P-BFGS (default 1024; tiny 16)")
-    p.add_argument("--steps", type=int, help="steps per timed epoch (default 10; tiny 1)")
-    p.add_argument("--pbfgs-steps", type=int, help="P-BFGS steps per timed epoch (default 3; "
+    p.add_argument("--batch-size", type=positive_int, help="SGD, P-SGD and TWA (default 128; tiny 8)")
+    p.add_argument("--pbfgs-batch-size", type=positive_int, help="P-BFGS (default 1024; tiny 16)")
+    p.add_argument("--steps", type=positive_int, help="steps per timed epoch (default 10; tiny 1)")
+    p.add_argument("--pbfgs-steps", type=positive_int, help="P-BFGS steps per timed epoch (default 3; "
                                                    "tiny 2)")
-    p.add_argument("--repeats", type=int, help="timed rounds after a warm-up round (default 4; "
+    p.add_argument("--repeats", type=positive_int, help="timed rounds after a warm-up round (default 4; "
                                                "tiny 1)")
-    p.add_argument("--k", type=int, help="P-SGD and P-BFGS basis size (default 40; tiny 3)")
-    p.add_argument("--twa-k", type=int, help="TWA basis size, its samples (default 100; tiny 4)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's, which follows "
+    p.add_argument("--k", type=positive_int, help="P-SGD and P-BFGS basis size (default 40; tiny 3)")
+    p.add_argument("--twa-k", type=positive_int, help="TWA basis size, its samples (default 100; tiny 4)")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's, which follows "
                                                "OMP_NUM_THREADS)")
-    p.add_argument("--top", type=int, default=8, help="profile entries shown per method")
+    p.add_argument("--top", type=positive_int, default=8, help="profile entries shown per method")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
+    if args.json:  # before minutes of timing, not after
+        try:
+            check_output_file(args.json, "--json")
+        except UsageError as e:
+            p.error(str(e))
     full = dict(batch_size=128, pbfgs_batch_size=1024, steps=10, pbfgs_steps=3, repeats=4, k=40,
                 twa_k=100)
     tiny = dict(batch_size=8, pbfgs_batch_size=16, steps=1, pbfgs_steps=2, repeats=1, k=3,

@@ -25,14 +25,18 @@ def reestimate_bn(model, loader):
     return True
 
 
-def evaluate_reestimated(model, eval_model, test_loader, bn_loader, amp, keep=False):
+def evaluate_reestimated(model, eval_model, test_loader, bn_loader, amp, keep=False, train=False):
     """(test loss, accuracy) after re-estimating ``model``'s BatchNorm statistics on ``bn_loader``
-    (``eval_model`` runs the forward passes: the model, or its compiled form). The statistics are
-    put back afterwards unless ``keep``. None for a model without BatchNorm."""
+    (``eval_model`` runs the forward passes: the model, or its compiled form), and with ``train``
+    then (training loss, accuracy) over ``bn_loader`` too: the training set as the test set is
+    seen. The statistics are put back afterwards unless ``keep``. None for a model without
+    BatchNorm."""
     saved = [b.clone() for b in model.buffers()]
     if not reestimate_bn(model, bn_loader):
         return None
     result = evaluate(eval_model, test_loader, amp)
+    if train:
+        result += evaluate(eval_model, bn_loader, amp)
     if not keep:
         for b, value in zip(model.buffers(), saved):
             b.copy_(value)

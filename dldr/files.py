@@ -173,8 +173,13 @@ def safe_load(path, mmap=False):
             raise UsageError(f"{path}: refused: it holds more than tensors (objects or code that "
                              "loading would have to run), so it was not loaded and nothing in it "
                              "was executed; samples and checkpoints hold tensors only")
-        raise UsageError(f"{path}: not a loadable sample or checkpoint (truncated or foreign: "
+        raise Unreadable(f"{path}: not a loadable sample or checkpoint (truncated or foreign: "
                          f"{_first_line(e)})")
+
+
+class Unreadable(UsageError):
+    """A torch file that cannot be loaded (truncated, or written by another program): a caller
+    that can make the file again (the basis file) rebuilds it instead of refusing."""
 
 
 def _first_line(e):
@@ -263,6 +268,20 @@ _held = []  # the locks this process holds, released by release_locks() when a s
 def release_locks():
     while _held:
         _held.pop().release()
+
+
+def check_output_file(path, flag):
+    """``path`` can be written as a file (atomically: a temporary file in its folder, then a
+    rename): not a folder, its folder exists and is writable; a UsageError naming ``flag``
+    otherwise. Checked before a command does its work, so the work is never lost to the path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: a folder; give the path of a file in it")
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist; create it or give "
+                         "another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: its folder is not writable; give another path")
 
 
 def check_writable_dir(folder, flag="--save-dir"):

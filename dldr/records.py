@@ -90,14 +90,27 @@ def provenance(arguments, num_classes):
     }
 
 
+def read_record(path, holds):
+    """A JSON record beside the samples (run.json, the noise record), or a UsageError naming it
+    when it is damaged: it ``holds`` what the subspace runs must match, so it is not guessed."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
+        record = e
+    if not isinstance(record, dict):
+        raise UsageError(f"{path}: damaged ({type(record).__name__}); it records {holds}: restore "
+                         "it, or make the samples again with train_sgd.py --overwrite")
+    return record
+
+
 def check_provenance(save_dir, *, arch, datasets, corrupt, smalldatasets, randomseed):
     """The subspace scripts must use the samples' arch, dataset and label noise; returns run.json's
     record, or None for samples written by the authors' scripts, which keep none."""
     path = os.path.join(save_dir, "run.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        record = json.load(f)
+    record = read_record(path, "how the samples were made")
     ours = {"arch": arch, "datasets": datasets, "corrupt": corrupt, "smalldatasets": smalldatasets}
     for key, value in ours.items():
         if record.get(key) != value:
@@ -118,9 +131,8 @@ def check_noise_record(save_dir, noise):
     path = os.path.join(save_dir, NOISE_RECORD)
     if noise is None or not os.path.exists(path):
         return
-    with open(path) as f:
-        saved = json.load(f)
-    if saved["indices"] != noise["indices"] or saved["labels"] != noise["labels"]:
+    saved = read_record(path, "the samples' noisy labels")
+    if saved.get("indices") != noise["indices"] or saved.get("labels") != noise["labels"]:
         raise UsageError(f"{path}: the noisy labels of the samples differ from these; "
                          "use the same --corrupt, --randomseed and --smalldatasets")
 

@@ -265,11 +265,14 @@ class Run:
         self.results.save()
         return ckpt
 
-    def finish(self, keep_bn=False):
+    def finish(self, keep_bn=False, diagnose=None):
         """The final weights judged twice (the authors' way, and with BatchNorm statistics
-        re-estimated, which the model keeps with ``keep_bn``), the results, the final model."""
-        self.results.data["final"] = self.evaluator.twice("final", keep=keep_bn,
-                                                          authors=self.last_test)
+        re-estimated, which the model keeps with ``keep_bn``) with their training loss, the
+        results (with ``diagnose(final)`` as their diagnostics), the final model."""
+        final = self.results.data["final"] = self.evaluator.twice(
+            "final", keep=keep_bn, authors=self.last_test, train=True)
+        if diagnose is not None:
+            self.results.data["diagnostics"] = diagnose(final)
         self.results.data["peak_memory_bytes"] = peak_memory_bytes(self.device)
         self.results.save()
         if self.outputs.model:

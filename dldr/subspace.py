@@ -20,6 +20,7 @@ from .optim import FlatParameters
 from .progress import log, log_subspace_lists
 from .records import NOISE_RECORD, Results, check_noise_record, check_provenance
 from .run import Outputs, Run, check_start_flags, samples_used
+from .stall import stall_diagnostics, stall_line
 from .samples import load_sample_into, load_state, param_vector_from_state, sample_path
 from .training import (amp_mode, compile_model, make_deterministic, resolve_device,
                        seed_everything)
@@ -73,43 +74,6 @@ def load_data_and_model(o, device):
     model = build_model(o.arch, o.datasets, train_set.num_classes, device, o.dtype)
     seed_processes(o.randomseed)  # under torchrun: each process its own dropout
     return train_set, test_set, model
-
-
-# A run is "stalled" when its final training loss is at least this fraction of ln(classes), the
-# loss of a uniform guess: the runs of REPRODUCTION.md that never trained ended at 2.13-2.37
-# (ln 10 = 2.30, threshold 2.07); a model right on the clean labels scores 1.45 on labels 40%
-# redrawn (the worst noise there) and lower on less
-STALL_FRACTION = 0.9
-
-
-def stall_diagnostics(epochs, reach, num_classes):
-    """The ``diagnostics`` of a subspace run's results from its epoch rows (``distance``, and
-    ``first_projected_grad_norm`` in the row of its first step; older rows lack them: None),
-    the trajectory's ``reach`` and the number of classes, with the stall rule and its figures."""
-    rows = [e for e in epochs if "train_loss" in e]  # the start's row has none
-    first = next((e["first_projected_grad_norm"] for e in epochs
-                  if "first_projected_grad_norm" in e), None)
-    distances = [e["distance"] for e in epochs if "distance" in e]
-    final = rows[-1]["train_loss"] if rows else None
-    chance = math.log(num_classes)
-    threshold = STALL_FRACTION * chance
-    return {"first_projected_grad_norm": first,
-            "max_distance": max(distances) if distances else None,
-            "trajectory_reach": reach, "final_train_loss": final,
-            "stalled": final is not None and final >= threshold,
-            "rule": f"final_train_loss >= {STALL_FRACTION:g} ln(num_classes)",
-            "num_classes": num_classes, "chance_loss": chance, "stall_threshold": threshold}
-
-
-def stall_line(d):
-    """The log's one line on a stalled run (``stall_diagnostics``)."""
-    def number(x):
-        return "n/a" if x is None else f"{x:.4g}"
-    return (f"=> stalled: final training loss {d['final_train_loss']:.4f} >= "
-            f"{STALL_FRACTION:g} ln({d['num_classes']}) = {d['stall_threshold']:.4f} (a guess: "
-            f"{d['chance_loss']:.4f}); first projected gradient norm "
-            f"{number(d['first_projected_grad_norm'])}, max distance from the start "
-            f"{number(d['max_distance'])}, the trajectory's reach {number(d['trajectory_reach'])}")
 
 
 @torch.no_grad()
@@ -327,13 +291,17 @@ class SubspaceRun(Run):
         super().end_epoch(progress, self.options.bn_reestimate, before=before, **after, **fields)
 
     def finish(self):
-        """The diagnostics (``stall_diagnostics``: one line when the run stalled), the final
-        evaluations, model and the authors' end-of-run lists."""
-        diagnostics = self.results.data["diagnostics"] = stall_diagnostics(
-            self.results.data["epochs"], self.reach, self.train_set.num_classes)
-        total = super().finish(keep_bn=self.options.bn_reestimate)
+        """The final evaluations (with the final weights' training loss), the diagnostics
+        (``stall_diagnostics``: one line when the run stalled or the rule cannot tell), the model
+        and the authors' end-of-run lists."""
+        def diagnose(final):
+            return stall_diagnostics(self.results.data["epochs"], self.reach,
+                                     self.train_set.num_classes, final["train_loss"],
+                                     self.options.corrupt)
+        total = super().finish(keep_bn=self.options.bn_reestimate, diagnose=diagnose)
         log_subspace_lists(self.results.data["epochs"], total, self.best_prec1,
                            epoch_times=self.epoch_times)
-        if diagnostics["stalled"]:
-            log(stall_line(diagnostics))
+        line = stall_line(self.results.data["diagnostics"])
+        if line:
+            log(line)
         self.done(self.title, f"model in {os.path.join(self.save_dir, self.outputs.model)}")

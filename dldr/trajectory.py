@@ -13,7 +13,7 @@ from .basis import (random_basis, span_basis, streaming_span_basis, streaming_su
                     subspace_basis)
 from .checkpoints import load_strictly
 from .cli import UsageError
-from .files import atomic_torch_save, safe_load
+from .files import Unreadable, atomic_torch_save, check_output_file, safe_load
 from .optim import trainable_parameters
 from .progress import log
 from .records import samples_fingerprint
@@ -162,16 +162,12 @@ def check_basis_file(path, evaluating=False):
     (unless -e, which never writes it) can be written."""
     if not path:
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise UsageError(f"--basis-file {path}: a folder; give the path of a file in it")
-    if not os.path.isdir(folder):
-        raise UsageError(f"--basis-file {path}: the folder {folder} does not exist; create it or "
-                         "give another path")
+    if not evaluating:
+        check_output_file(path, "--basis-file")
+    elif os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        check_output_file(path, "--basis-file")  # -e never writes it, but says the same of these
     if os.path.exists(path) and not os.access(path, os.R_OK):
         raise UsageError(f"--basis-file {path}: not readable; give another path")
-    if not evaluating and not os.access(folder, os.W_OK):
-        raise UsageError(f"--basis-file {path}: its folder is not writable; give another path")
 
 
 def matrix_checksum(matrix):
@@ -271,7 +267,10 @@ def _read_basis_file(path, record, trajectory, device):
     if not os.path.exists(path):
         return None, f"=> --basis-file {path}: not there yet"
     start = time.time()
-    saved = safe_load(path, mmap=True)
+    try:
+        saved = safe_load(path, mmap=True)
+    except Unreadable as e:  # a torch file cut short (a full disk, a copy stopped): made again
+        return None, f"=> --basis-file {path}: damaged ({str(e).split(': ', 1)[1]}), so rebuilt"
     if not (isinstance(saved, dict) and saved.get("format") == record["format"]
             and torch.is_tensor(saved.get("matrix"))):
         raise UsageError(f"--basis-file {path}: not a basis file of these scripts; give another "

@@ -2,13 +2,12 @@
 them did not train (the stall rule), the settings they were made with, and the figures' format
 (a median with its range over the seeds)."""
 import json
-import math
 import os
 import statistics
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from dldr.subspace import STALL_FRACTION  # noqa: E402  (the subspace runs' stall rule)
+from dldr import stall  # noqa: E402  (the subspace runs' stall rule)
 from reuse import NOT_DEFINING  # noqa: E402  (what does not change a run)
 
 # digits.sh's sensitivity runs (not the paper's setting): P-SGD at the main size and TWA on the
@@ -17,8 +16,15 @@ SENSITIVITY_LR = "0.5"
 
 
 def load(path):
-    with open(path) as f:
-        return json.load(f)
+    """A results file, or exit 2 with one line naming it when it is damaged (digits.sh, seeing
+    it cannot be read, runs its job again)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"error: {path}: cannot be read ({type(e).__name__}: {str(e)[:120]}); run "
+              "experiments/digits.sh, which makes it again", file=sys.stderr)
+        sys.exit(2)
 
 
 def median(values):
@@ -60,19 +66,25 @@ def best(r):
 
 
 def final_train_loss(run):
+    """The training loss the stall rule reads: the final weights' (one pass over the training set
+    at the end), or the last epoch's mean for a file written before it was measured."""
+    final = (run.get("final") or {}).get("train_loss")
+    if final is not None:
+        return final
     losses = [e["train_loss"] for e in run.get("epochs", []) if "train_loss" in e]
     return losses[-1] if losses else None
 
 
 def stalled(run, num_classes):
     """Whether a run did not train: its diagnostics' ``stalled`` where it has them (the subspace
-    runs); otherwise the same rule, final training loss >= STALL_FRACTION ln(classes), where the
-    run has a training loss (SGD); a run without one (SWA, which trains nothing) has not stalled."""
+    runs; an inconclusive None counts as trained, and the report says where the rule cannot
+    tell); otherwise the same rule (``dldr.stall``) on its final training loss, where the run has
+    one (SGD); a run without one (SWA, which trains nothing) has not stalled."""
     diagnostics = run.get("diagnostics") or {}
-    if diagnostics.get("stalled") is not None:
+    if "stalled" in diagnostics:
         return bool(diagnostics["stalled"])
-    loss = final_train_loss(run)
-    return loss is not None and loss >= STALL_FRACTION * math.log(num_classes)
+    corrupt = float((run.get("args") or {}).get("corrupt") or 0.0)
+    return bool(stall.stalled(final_train_loss(run), num_classes, corrupt))
 
 
 def run_names(noise, noises, sizes):

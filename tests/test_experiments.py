@@ -49,7 +49,8 @@ def result(method, args, final, seed, start=None, ratios=None, loss=0.1):
          "train_loss": loss, "test_loss": 0.1} for e in range(1, args["epochs"] + 1)]
     run = {"method": method, "args": args, "git_commit": "0123456789abcdef", "torch": "2.14.1",
            "epochs": epochs, "final": {"test_acc": acc, "test_acc_bn": acc_bn, "test_loss": 0.1,
-                                       "test_loss_bn": 0.1, "bn_reestimated": True}}
+                                       "test_loss_bn": 0.1, "bn_reestimated": True,
+                                       "train_loss": loss}}
     if start:
         run["start"] = {"test_acc": start[0], "test_acc_bn": start[1]}
     if ratios:
@@ -66,7 +67,7 @@ def diagnose(run, gradient, distance, reach, train_start):
         row["distance"] = distance * i / len(rows)
     rows[0]["first_projected_grad_norm"] = gradient
     run["train_start"] = train_start
-    run["diagnostics"] = stall_diagnostics(run["epochs"], reach, 10)
+    run["diagnostics"] = stall_diagnostics(run["epochs"], reach, 10, run["final"]["train_loss"])
     return run
 
 
@@ -210,7 +211,8 @@ def test_verdicts_are_computed_from_the_results_files(prepared):
     # The random control never trains, by the stall rule: said in its cells, not listed
     assert ("| P-SGD, 4 random directions | 10.0 (9.5–10.5), 0 of 2 trained | 11.0 (10.5–11.5), "
             "0 of 2 trained | n/a | n/a |") in text
-    assert ("By the rule above (final training loss >= 2.07): 0 of 52 runs, the random-basis "
+    assert "; thresholds noise 0: 2.07, noise 0.2: 2.16. " in text  # noise-aware (dldr.stall)
+    assert ("By the rule above: 0 of 52 runs, the random-basis "
             "control apart (4 of 4 of its runs stalled") in text
     assert "trained" not in text.split("## Test accuracy")[1].split("random directions")[0]
     # The mechanism's figures: the gradient from sample 0 against later starts
@@ -284,7 +286,7 @@ def stall(run, loss=2.25, gradient=4.11, distance=41.0, reach=18.0):
     guess's, coasting to ``distance`` from its start; its diagnostics recomputed."""
     for row in run["epochs"][1:]:
         row["train_loss"] = loss
-    run["final"].update(test_acc=20.0, test_acc_bn=20.5)
+    run["final"].update(test_acc=20.0, test_acc_bn=20.5, train_loss=loss)
     diagnose(run, gradient, distance, reach, run["train_start"])
 
 
@@ -292,9 +294,9 @@ def test_stalled_runs_are_listed_apart_and_not_counted_as_trained(tmp_path):
     prepare_runs(tmp_path / "runs")
     rewrite(tmp_path / "runs", "0", "2", "psgd_k8", stall)
     rewrite(tmp_path / "runs", "0.2", "1", "psgd_k8_lr0.5", stall)
-    # SGD has no diagnostics: the same rule on its last epoch's training loss
+    # SGD has no diagnostics: the same rule on its final training loss
     rewrite(tmp_path / "runs", "0.2", "1", "sgd",
-            lambda run: run["epochs"][-1].update(train_loss=2.2))
+            lambda run: run["final"].update(train_loss=2.2))
     # A run made before the diagnostics: judged by its loss, left out of the figures, said so
     rewrite(tmp_path / "runs", "0.2", "2", "twa_late", lambda run: run.pop("diagnostics"))
     # A final loss under the threshold is trained, whatever its accuracy
@@ -308,7 +310,7 @@ def test_stalled_runs_are_listed_apart_and_not_counted_as_trained(tmp_path):
     assert "| P-BFGS, 4 DLDR directions | 70.0 (69.5–70.5) | 98.8 (98.3–99.3) | 53.3 (15.1–91.5) |" \
         in text
     listed = text.split("## Runs that did not train")[1].split("## Why")[0]
-    assert "final training loss >= 2.07): 3 of 52 runs" in listed
+    assert "By the rule above: 3 of 52 runs" in listed
     assert "| P-SGD | 0 | 2 | 8 | 4.11 | 41 | 18 | 2.25 | 20.0 / 20.5 |" in listed
     assert ("| P-SGD, lr 0.5 (not the paper's setting) | 0.2 | 1 | 8 | 4.11 | 41 | 18 | 2.25 | "
             "20.0 / 20.5 |") in listed
@@ -545,3 +547,30 @@ def test_digits_sh_runs_nothing_already_made_and_rewrites_the_report(tmp_path):
     text = (tmp_path / "R.md").read_text()
     assert text == report.report(str(tmp_path / "runs"), SEEDS, NOISES, SIZES, "r_sizes.png",
                                  str(tmp_path), "r_methods.png")
+
+
+def test_the_report_checks_its_output_first_and_names_a_damaged_results_file(tmp_path, capsys,
+                                                                             monkeypatch):
+    """Issue 33: an unwritable --output failed after all the work, a damaged results file was a
+    JSONDecodeError traceback."""
+    prepare_runs(tmp_path / "runs")
+    seeds = ["--seeds", *SEEDS, "--noises", *NOISES, "--sizes", *map(str, SIZES)]
+    computed = []
+    monkeypatch.setattr(report, "report", lambda *a, **k: computed.append(a) or "")
+    for bad in (tmp_path / "missing" / "R.md", tmp_path):
+        with pytest.raises(SystemExit) as stop:
+            report.main([str(tmp_path / "runs"), "--output", str(bad), *seeds])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and ": error: --output " in err.splitlines()[-1]
+        assert computed == []  # refused before the report was computed
+    monkeypatch.undo()
+    path = tmp_path / "runs" / "noise0.2_seed1" / "results_pbfgs_k4.json"
+    path.write_text(path.read_text()[:100])  # cut short: a copy stopped half-way
+    with pytest.raises(SystemExit) as stop:
+        report.main([str(tmp_path / "runs"), "--output", str(tmp_path / "R.md"), *seeds])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {path}: cannot be read (JSONDecodeError: ")
+    assert err.strip().endswith("); run experiments/digits.sh, which makes it again")
+    assert not (tmp_path / "R.md").exists()

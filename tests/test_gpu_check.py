@@ -97,3 +97,30 @@ def test_compile_watch_counts_graphs_and_recompilations():
     figures = watch.figures(gpu=False)
     assert figures["graphs_compiled"] == 2 and figures["recompiles"] == 1
     assert "size mismatch" in figures["recompile_reasons"][0]
+
+
+@pytest.mark.parametrize("args", [["--budget-scale", "-1"], ["--budget-scale", "0"],
+                                  ["--out", "{tmp}/plain/out"]])
+def test_bad_arguments_are_refused_before_any_stage(tmp_path, capsys, args):
+    (tmp_path / "plain").write_text("a file, not a folder")
+    with pytest.raises(SystemExit) as stop:
+        gpu_check.main(["--cpu", *[a.format(tmp=tmp_path) for a in args]])
+    err = capsys.readouterr()
+    assert stop.value.code == 2 and err.out == "" and "Traceback" not in err.err
+    assert args[0] in err.err.splitlines()[-1]
+    assert not (tmp_path / "plain" / "out").exists()
+
+
+def test_a_relative_out_is_the_callers_folder_whatever_the_stages_cwd(tmp_path, monkeypatch):
+    """Issue 33: a relative --out given from another folder was read by the stages (run in the
+    repository's root) as another folder, and a passing stage failed for want of its figures."""
+    write = ("import json, sys; json.dump({'figures': {'x': 1.5}, 'skipped_parts': {}}, "
+             "open(sys.argv[1], 'w'))")
+    monkeypatch.setattr(gpu_check, "STAGES", [gpu_check.Stage("first", 1, 2, None, None)])
+    monkeypatch.setattr(gpu_check, "child_command",
+                        lambda stage, cpu, figures, work: _python(write, figures))
+    monkeypatch.chdir(tmp_path)
+    assert gpu_check.main(["--cpu", "--out", "rel"]) == 0
+    [line] = [json.loads(x) for x in (tmp_path / "rel" / "gpu_check.jsonl").read_text().splitlines()]
+    assert line["status"] == "ok" and line["x"] == 1.5
+    assert (tmp_path / "rel" / "gpu_check.md").exists()

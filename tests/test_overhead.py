@@ -86,3 +86,17 @@ def test_the_losses_are_checked_for_nan_and_inf_at_the_progress_lines_and_the_la
             assert str(e.value) == f"non-finite loss at epoch 0, by step {stop}"
         else:
             assert progress.unchecked == []  # the last batch checked them all
+
+
+@pytest.mark.parametrize("flag, value", [("--repeats", "0"), ("--steps", "0"), ("--k", "0"),
+                                         ("--batch-size", "0"), ("--threads", "-1"),
+                                         ("--json", "{tmp}/missing/o.json"), ("--json", "{tmp}")])
+def test_bad_arguments_are_one_error_line_before_any_timing(tmp_path, capsys, flag, value):
+    """Issue 33: these were tracebacks (or, for --json, an error after minutes of timing)."""
+    with pytest.raises(SystemExit) as stop:
+        overhead.main(["--tiny", "--methods", "sgd", flag, value.format(tmp=tmp_path)])
+    err = capsys.readouterr()
+    assert stop.value.code == 2 and err.out == ""  # nothing measured
+    last = err.err.splitlines()[-1]
+    assert f": error: argument {flag}: " in last or f": error: {flag} " in last, last
+    assert "Traceback" not in err.err

@@ -73,3 +73,25 @@ def test_the_resume_command_drops_the_start_flags_however_abbreviated():
     for argv, tail in cases.items():
         command = resume_command(list(argv)).split(" ", 2)  # python, the script, its flags
         assert command[0] == "python" and command[2] == tail, (argv, command)
+
+
+def test_a_damaged_record_beside_the_samples_is_one_line_not_a_traceback(tmp_path, data_args,
+                                                                           capsys):
+    """run.json and the noise record say what the subspace runs must match: cut short, they are
+    named in one line (a JSONDecodeError traceback before), and nothing is written."""
+    folder = tmp_path / "run"
+    assert run_here("train_sgd.py", *data_args, "--epochs", 2, "--batch-size", 16, "--print-freq",
+                    100, "--corrupt", 0.2, "--save-dir", folder) == 0
+    argv = [*data_args, "--corrupt", 0.2, "--params_end", 3, "--n_components", 2, "--epochs", 1,
+            "--batch-size", 16, "--save-dir", folder]
+    for name in ("run.json", "noisy_labels.json"):
+        whole = (folder / name).read_bytes()
+        (folder / name).write_bytes(whole[:len(whole) // 2])
+        kept = sorted(os.listdir(folder))
+        capsys.readouterr()
+        assert run_here("train_psgd.py", *argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {folder / name}: damaged (")
+        assert "train_sgd.py --overwrite" in err[0] and sorted(os.listdir(folder)) == kept
+        (folder / name).write_bytes(whole)
+    assert run_here("train_psgd.py", *argv) == 0  # restored: the run goes

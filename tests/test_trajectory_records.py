@@ -152,6 +152,14 @@ def test_damaged_or_unwritable_basis_files_through_the_command_line(tmp_path, di
     assert "final" in results and results["n_components"] == 7
     # what P-SGD used: the span's decay (applied there) and its own schedule
     assert results["weight_decay"] == 1e-4 and results["milestones"] == [30, 50]
+    # A truncated file (a copy cut short, a full disk): rebuilt too, as docs/files.md says,
+    # not refused as "not a loadable sample"
+    whole_bytes = path.read_bytes()
+    path.write_bytes(whole_bytes[:len(whole_bytes) // 2])
+    assert run_here("train_psgd.py", *argv, "--epochs", 1, "--overwrite") == 0
+    out = capsys.readouterr().out
+    assert f"=> --basis-file {path}: damaged (not a loadable sample or checkpoint" in out
+    assert torch.equal(torch.load(path, weights_only=True)["matrix"], whole["matrix"])
 
 
 @pytest.fixture(scope="module")
