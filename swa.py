@@ -48,7 +48,8 @@ def main(argv=None):
     lock.acquire()
     if args.overwrite and utils.is_main_process():
         remove_outputs(args.save_dir, outputs)
-    final = evaluator.twice(f"SWA, the mean of samples {samples.describe()}", keep=True)
+    final = evaluator.twice(f"SWA, the mean of samples {samples.describe()}", keep=True,
+                            train=True)
     utils.log_test(final["test_acc_bn"], final["test_loss_bn"])
     results = utils.Results(os.path.join(args.save_dir, outputs.results), "swa", options.arguments,
                             {"samples": samples.epochs, "start": None, "final": final,

@@ -52,7 +52,7 @@ START = "start-up and exit (outside the profile)"
 IMPORTS = "imports (before main)"
 OTHER = "other (rest of main)"
 START_EVAL = "start evaluation (test, BN, test)"
-FINAL_EVAL = "final evaluation (BN, test)"
+FINAL_EVAL = "final evaluation (BN, test, training loss)"
 DIAGNOSTICS = "diagnostics (reach, stall)"
 PHASES = [
     ("checks, sample fingerprints", [("dldr/subspace.py", "__init__")]),
@@ -67,7 +67,7 @@ PHASES = [
     ("training steps", [("SCRIPT", "train_epoch")]),
     ("per-epoch test evaluations", [("dldr/evaluation.py", "after_epoch")]),
     (DIAGNOSTICS, [("dldr/subspace.py", "trajectory_reach"),
-                   ("dldr/subspace.py", "stall_diagnostics")]),
+                   ("dldr/stall.py", "stall_diagnostics")]),
     (FINAL_EVAL, [("dldr/evaluation.py", "twice", "dldr/run.py", "finish")]),
     # The start's and each epoch's checkpoint and results (Run._save), the final results and
     # model, and --overwrite's removal of the previous run's files

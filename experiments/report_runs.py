@@ -91,7 +91,8 @@ def run_names(noise, noises, sizes):
     """The results each (noise, seed) folder holds, the sensitivity runs apart: the random
     control at the first noise level only."""
     names = ["sgd"] + [f"{m}_k{k}" for k in sizes for m in ("psgd", "pbfgs")]
-    names += ["psgd_late", "pbfgs_late", "twa", "swa", "twa_late", "swa_late"]
+    names += ["psgd_late", "pbfgs_late", "twa", "swa", "twa_late", "swa_late", "twa_b128",
+              "swa_early_stop"]
     if noise == noises[0]:
         names += [f"psgd_random_k{k}" for k in sizes]
     return names
