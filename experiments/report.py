@@ -7,7 +7,8 @@ Every number in the report is read from the results files in RUNS_DIR (one folde
 and seed, ``noise{c}_seed{s}``); every verdict is computed from those numbers with the rule printed
 in the report (report_rules: each seed against the same seed's reference, with margins in points;
 holds, does not hold, inconclusive or cannot be tested), once on the final accuracy as the authors'
-scripts evaluate it and once with BatchNorm statistics re-estimated on the training data. Nothing depends on the clock, so the same runs give the same files.
+scripts evaluate it and once with BatchNorm statistics re-estimated on the training data. Nothing
+depends on the clock, so the same runs give the same files.
 """
 
 import argparse
