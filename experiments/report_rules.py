@@ -64,8 +64,11 @@ def said(c, what):
     """'within 2 points: 7 of 10 seeds (1 tie), median difference -0.8 (-3.1 to +0.6) points,
     sign-test p = 0.17: inconclusive'"""
     ties = f" ({c.ties} tie{'s' if c.ties != 1 else ''})" if c.ties else ""
-    return (f"{what}: {c.count} of {c.n} seeds{ties}, median difference {c.median:+.1f} "
-            f"({c.low:+.1f} to {c.high:+.1f}) points, sign-test p = {c.p:.2g}: {c.status}")
+
+    def points(x):  # (rounded first: a difference of -1e-12 is not "-0.0")
+        return f"{round(x, 1) + 0.0:+.1f}"
+    return (f"{what}: {c.count} of {c.n} seeds{ties}, median difference {points(c.median)} "
+            f"({points(c.low)} to {points(c.high)}) points, sign-test p = {c.p:.2g}: {c.status}")
 
 
 def verdict(comparisons):
