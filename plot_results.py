@@ -136,8 +136,7 @@ def plot_explained_variance(samples, epochs=None, runs=None):
 
 def final_model_path(save_dir, tag, run):
     """The final model a subspace run with results_TAG.json saved (PSGD_k5.pt for psgd_k5)."""
-    method = run.get("method", tag.split("_")[0])
-    return os.path.join(save_dir, method.upper() + tag[len(method):] + ".pt")
+    return os.path.join(save_dir, utils.outputs_of(run.get("method", tag.split("_")[0]), tag).model)
 
 
 def subspace_path(run, samples, model, epochs, final=None):

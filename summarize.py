@@ -88,19 +88,21 @@ def final_bn(run):
     return (run.get("final") or {}).get("test_acc_bn")
 
 
+def figure(d, key):
+    """A diagnostics figure as the STALLED and STALL? lines print it ("n/a" where there is none)."""
+    return "n/a" if not isinstance(d.get(key), (int, float)) else f"{d[key]:.4g}"
+
+
 def stall(run):
     """Why a subspace run's ``diagnostics`` call it stalled (its final training loss and the
     figures beside it), or None: not stalled, or an older file without diagnostics."""
     d = run.get("diagnostics")
     if not (isinstance(d, dict) and d.get("stalled")):
         return None
-
-    def number(key):
-        return "n/a" if d.get(key) is None else f"{d[key]:.4g}"
-    return (f"final training loss {number('final_train_loss')} >= {number('stall_threshold')} "
-            f"({d.get('rule', 'the stall rule')}); first projected gradient norm "
-            f"{number('first_projected_grad_norm')}, max distance from the start "
-            f"{number('max_distance')}, the trajectory's reach {number('trajectory_reach')}")
+    return (f"final training loss {figure(d, 'final_train_loss')} >= "
+            f"{figure(d, 'stall_threshold')} ({d.get('rule', 'the stall rule')}); first projected "
+            f"gradient norm {figure(d, 'first_projected_grad_norm')}, max distance from the start "
+            f"{figure(d, 'max_distance')}, the trajectory's reach {figure(d, 'trajectory_reach')}")
 
 
 def stall_unknown(run):
@@ -108,12 +110,9 @@ def stall_unknown(run):
     d = run.get("diagnostics")
     if not (isinstance(d, dict) and "stalled" in d and d["stalled"] is None and "final" in run):
         return None
-
-    def number(key):
-        return "n/a" if not isinstance(d.get(key), (int, float)) else f"{d[key]:.4g}"
     return (f"inconclusive: with --corrupt {d.get('corrupt')} the best loss the labels allow, "
-            f"{number('best_loss')}, is nearly a guess's {number('chance_loss')} (final training "
-            f"loss {number('final_train_loss')})")
+            f"{figure(d, 'best_loss')}, is nearly a guess's {figure(d, 'chance_loss')} (final "
+            f"training loss {figure(d, 'final_train_loss')})")
 
 
 def load(save_dir):

@@ -56,7 +56,7 @@ from dldr.samples import (available_samples, check_sample_range, describe_epochs
 from dldr.evaluation import Evaluator
 from dldr.run import SGD_OUTPUTS, Outputs, Run, resume_command, run_main
 from dldr.subspace import (SubspaceRun, check_samples_run, load_data_and_model, make_evaluator,
-                           note_unchecked_noise, output_names)
+                           note_unchecked_noise, output_names, outputs_of)
 from dldr.trajectory import Basis, Trajectory, build_basis, describe_sample_epochs
 from dldr.progress import (EpochProgress, NonFiniteLoss, evaluate, format_eta, log,
                            log_sgd_lists, log_subspace_lists, log_test)

@@ -270,17 +270,18 @@ def release_locks():
         _held.pop().release()
 
 
-def check_output_file(path, flag):
+def check_output_file(path, flag, writes=True):
     """``path`` can be written as a file (atomically: a temporary file in its folder, then a
-    rename): not a folder, its folder exists and is writable; a UsageError naming ``flag``
-    otherwise. Checked before a command does its work, so the work is never lost to the path."""
+    rename): not a folder, its folder exists and (unless not ``writes``: a command that only
+    reads it if it is there) is writable; a UsageError naming ``flag`` otherwise. Checked before
+    a command does its work, so the work is never lost to the path."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UsageError(f"{flag} {path}: a folder; give the path of a file in it")
     if not os.path.isdir(folder):
         raise UsageError(f"{flag} {path}: the folder {folder} does not exist; create it or give "
                          "another path")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if writes and not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: its folder is not writable; give another path")
 
 

@@ -32,9 +32,13 @@ def output_names(method, basis="dldr", tag=None, default_basis="dldr"):
     (unless it is the method's ``default_basis``) and the tag, so runs differing in any share
     the folder."""
     kind = "" if basis == default_basis else f"_{basis}"
-    suffix = f"_{tag}" if tag else ""
-    stem = f"{method}{kind}{suffix}"
-    return Outputs(f"results_{stem}.json", f"{method.upper()}{kind}{suffix}.pt",
+    return outputs_of(method, f"{method}{kind}{f'_{tag}' if tag else ''}")
+
+
+def outputs_of(method, stem):
+    """The Outputs of the ``method`` run whose files carry ``stem`` (results_psgd_k5.json:
+    PSGD_k5.pt, checkpoint_psgd_k5.pt), as output_names names them."""
+    return Outputs(f"results_{stem}.json", f"{method.upper()}{stem[len(method):]}.pt",
                    f"checkpoint_{stem}.pt", stem)
 
 

@@ -162,10 +162,7 @@ def check_basis_file(path, evaluating=False):
     (unless -e, which never writes it) can be written."""
     if not path:
         return
-    if not evaluating:
-        check_output_file(path, "--basis-file")
-    elif os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        check_output_file(path, "--basis-file")  # -e never writes it, but says the same of these
+    check_output_file(path, "--basis-file", writes=not evaluating)  # -e never writes it
     if os.path.exists(path) and not os.access(path, os.R_OK):
         raise UsageError(f"--basis-file {path}: not readable; give another path")
 

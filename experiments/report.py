@@ -335,9 +335,9 @@ def report(runs_dir, seeds, noises, sizes, figure_name="reproduction_sizes.png",
             said_of = []
             for key, how in EVALUATIONS:
                 c = compare(per_seed(n, f"pbfgs_k{main_k}", final(key)), es, "above")
-                beats = {"holds": "beats", "does not hold": "does not beat"}.get(
-                    c.status, "cannot be said to beat" if c.status == "inconclusive" else
-                    "cannot be tested against")
+                beats = {"holds": "beats", "does not hold": "does not beat",
+                         "inconclusive": "cannot be said to beat",
+                         "cannot be tested": "cannot be tested against"}[c.status]
                 said_of.append(f"{how}, P-BFGS {beats} it ({said(c, 'above')})")
             train = (f", {fmt(memorised)}% right on its noisy training labels"
                      if None not in memorised else "")

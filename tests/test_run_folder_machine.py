@@ -51,15 +51,15 @@ def digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def stem(method, basis="dldr", tag=None):
-    return method + ("" if basis == "dldr" else f"_{basis}") + (f"_{tag}" if tag else "")
+def run_files(stem):
+    """The files of the subspace run whose files carry ``stem``: results, final model,
+    checkpoint (as the scripts name them)."""
+    return utils.outputs_of(stem.partition("_")[0], stem)[:3]
 
 
-def run_files(stem_):
-    """The files of subspace run ``stem_``: results, final model, checkpoint."""
-    method, _, rest = stem_.partition("_")
-    return (f"results_{stem_}.json", f"{method.upper()}{'_' + rest if rest else ''}.pt",
-            f"checkpoint_{stem_}.pt")
+def sgd_file(name):
+    """Whether ``name`` is one of SGD's own files (its samples, results, checkpoint, record)."""
+    return name[:-3].isdigit() or name in ("results_sgd.json", "checkpoint.pt", "run.json")
 
 
 @contextlib.contextmanager
@@ -168,8 +168,7 @@ class RunFolder(RuleBasedStateMachine):
                 continue
             if mine and flag == "--resume" and name in continuing:
                 continue
-            if sgd_overwrite and not name.startswith(("results_sgd", "run.json", "checkpoint.pt"))\
-                    and not name[:-3].isdigit():
+            if sgd_overwrite and not sgd_file(name):
                 assert old in stale.get(name, ()), f"{name} lost, not moved: {self.history[-1]}"
                 continue
             raise AssertionError(f"finished run's {name} {'removed' if name not in after else 'changed'}"
@@ -193,25 +192,22 @@ class RunFolder(RuleBasedStateMachine):
         old_results = self.results("results_sgd.json")
         argv = [*self.data(), "--epochs", epochs, "--lr", "0.05", "--batch-size", "16"]
         code = self.run("train_sgd.py", argv + ([flag] if flag else []), stop)
-        owners = {n for n in self.protected if n[:-3].isdigit() or n in (
-            "results_sgd.json", "checkpoint.pt", "run.json")}
-        self.check_protected(before, owners, flag, flag == "--overwrite" and code != 2,
+        self.check_protected(before, {n for n in self.protected if sgd_file(n)}, flag, flag == "--overwrite" and code != 2,
                              {"results_sgd.json", "checkpoint.pt"})
         if flag == "--resume" and code != 2 and old_results and "final" in old_results:
             self.check_continued(old_results, self.results("results_sgd.json"))
         if flag == "--overwrite" and code != 2:
             self.made.clear()  # the runs on the old samples were moved aside
-            for name in [n for n in self.protected if not n.startswith(("results_sgd",))
-                         and not n[:-3].isdigit() and n not in ("checkpoint.pt", "run.json")]:
+            for name in [n for n in self.protected if not sgd_file(n)]:
                 del self.protected[name]  # moved aside
             for name in [n for n in self.protected if n not in self.snapshot()]:
                 del self.protected[name]
         sgd = self.results("results_sgd.json")
         if code == 0 and sgd and "final" in sgd:
-            for name in ["results_sgd.json", "checkpoint.pt"] + [
+            # (not checkpoint.pt: SGD's checkpoint is its own to update)
+            for name in ["results_sgd.json"] + [
                     f"{e}.pt" for e in range(epochs + 1) if os.path.exists(self.path(f"{e}.pt"))]:
                 self.protected[name] = digest(self.path(name))
-            self.protected.pop("checkpoint.pt", None)  # SGD's checkpoint is its own to update
 
     def check_continued(self, old, new):
         """A resumed run continues the same run: its start and earlier epochs are kept."""
@@ -224,7 +220,7 @@ class RunFolder(RuleBasedStateMachine):
 
     def subspace_command(self, method, basis, tag, flag, epochs, basis_file, weights, stop,
                          extra=()):
-        name = stem(method, basis, tag)
+        name = utils.output_names(method, basis, tag).lock  # (the stem its files carry)
         files = run_files(name)
         argv = [*self.data(), "--params_start", 0, "--params_end", 3, "--n_components", 2,
                 "--epochs", epochs, "--batch-size", 16, *extra]
@@ -316,7 +312,7 @@ class RunFolder(RuleBasedStateMachine):
         if name == "run.json":  # the samples' record: every run on them is refused until
             return                # SGD --overwrite makes new ones (nothing to unprotect)
         if name == "results_sgd.json":  # the user damaged it: that run is no longer "finished"
-            owned = [n for n in self.protected if n[:-3].isdigit() or n == name]
+            owned = [n for n in self.protected if sgd_file(n)]
         else:
             owned = run_files(name[len("results_"):-len(".json")])
         for n in owned:
