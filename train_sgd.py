@@ -32,6 +32,22 @@ def build_parser():
     p.add_argument("--milestones", default=None, type=utils.milestones,
                    metavar="E1,E2", help="epochs where the LR drops 10x (default: 100,150 for "
                    "CIFAR10 and others, 150 for CIFAR100)")
+    p.add_argument("--sample-every-steps", "--sample_every_steps", dest="sample_every_steps",
+                   default=0, type=utils.nonnegative_int, metavar="N",
+                   help="save a sample every N optimizer steps, counted across epochs (0.pt before "
+                        "training, then 1.pt, 2.pt, ...), as the paper's ImageNet runs (every "
+                        "1000); 0: after every epoch (default)")
+    p.add_argument("--sample-rule", "--sample_rule", dest="sample_rule", default="steps",
+                   choices=utils.SAMPLE_RULES,
+                   help="with --sample-every-steps N: steps (after global steps N, 2N, ...; "
+                        "default) or authors-imagenet (the authors' main.py: after batch i of "
+                        "each epoch where i %% N == 0, so batch 0 of every epoch and an uneven "
+                        "spacing across epoch ends)")
+    p.add_argument("--checkpoint-every-steps", "--checkpoint_every_steps",
+                   dest="checkpoint_every_steps", default=None, type=utils.positive_int,
+                   metavar="N", help="also write checkpoint.pt every N steps inside the epochs, "
+                   "to resume there (default: at every sample taken by step, else at epoch ends "
+                   "only; SIGINT and SIGTERM write one at the step they stop)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the samples of another run in --save-dir")
     return p
@@ -83,8 +99,10 @@ def clear_run(save_dir):
             os.unlink(os.path.join(save_dir, name))
 
 
-def train_epoch(model, loader, optimizer, scaler, progress, amp, begin_step, channels_last):
-    """One epoch of SGD (under torchrun: DDP) on the full parameter vector."""
+def train_epoch(model, loader, optimizer, scaler, progress, amp, begin_step, channels_last,
+                after_step):
+    """One epoch of SGD (under torchrun: DDP) on the full parameter vector; ``after_step(i)``
+    writes the samples and checkpoints due after the step on batch i (Run.after_step)."""
     model.train()
     processes = utils.world()[1]
     for i, (x, y) in progress.batches(loader):
@@ -103,6 +121,7 @@ def train_epoch(model, loader, optimizer, scaler, progress, amp, begin_step, cha
         scaler.step(optimizer)
         scaler.update()
         progress.update(i, loss, output, y)
+        after_step(i)
     return progress.finish()
 
 
@@ -121,6 +140,12 @@ def main(argv=None):
         raise utils.UsageError(f"--start-epoch {args.start_epoch}: the run would train nothing "
                                f"with --epochs {args.epochs} and write {args.start_epoch}.pt from "
                                f"the initial weights; use --epochs > {args.start_epoch}")
+    if args.sample_rule != "steps" and not args.sample_every_steps:
+        raise utils.UsageError(f"--sample-rule {args.sample_rule}: it says which steps "
+                               "--sample-every-steps N samples; pass --sample-every-steps N too")
+    if args.sample_every_steps and args.start_epoch:
+        raise utils.UsageError(f"--start-epoch {args.start_epoch}: not with --sample-every-steps, "
+                               "whose samples are numbered by step from the start of training")
     check_start_flags(args.resume, args.overwrite, args.reuse, args.resume_weights,
                       args.evaluate)  # (Run has no --overwrite of SGD's to check it with)
     if args.resume and args.resume != "auto" and not os.path.isfile(args.resume):
@@ -134,6 +159,8 @@ def main(argv=None):
                                               "adam_lr", "momentum", "weight_decay", "dtype",
                                               "loader")}
     identity.update(method="sgd", milestones=milestones, amp=amp)
+    if args.sample_every_steps:  # (per-epoch runs keep the identity they always had)
+        identity.update(sample_every_steps=args.sample_every_steps, sample_rule=args.sample_rule)
     run = utils.Run(args.save_dir, utils.SGD_OUTPUTS, identity, resume=args.resume,
                     epochs=args.epochs, evaluating=args.evaluate, sample_dir=args.save_dir,
                     keep_every=args.save_every, resume_weights=args.resume_weights,
@@ -208,10 +235,12 @@ def main(argv=None):
         evaluator.test()
         return model
 
+    sampling = utils.SamplingPlan(args.sample_every_steps, args.sample_rule,
+                                  args.checkpoint_every_steps, len(train_loader))
     with run.writing(model=model, stateful={"optimizer": optimizer, "scheduler": scheduler,
                                                     "scaler": scaler},
                      train_loader=train_loader, results=results, evaluator=evaluator,
-                     start_epoch=args.start_epoch):
+                     start_epoch=args.start_epoch, sampling=sampling):
         if not run.resumed:
             if args.overwrite and utils.is_main_process():
                 clear_run(args.save_dir)
@@ -227,6 +256,9 @@ def main(argv=None):
         warmup = args.arch in ("resnet110", "resnet1202") and args.optimizer == "sgd"
         begin_step = utils.step_marker(device, args.compile)
         utils.log(f"Start training:  {run.epoch} -> {args.epochs}")
+        if sampling.by_step:
+            utils.log(f"=> {sampling.describe()}: samples 0..{sampling.samples_in(args.epochs) - 1}"
+                      f" in {args.epochs} epochs of {sampling.batches} steps")
         for epoch in run.epochs(args.epochs):
             if warmup and epoch == 0:
                 # He et al.: lr/10 until training gets going (the first epoch here), then back.
@@ -235,8 +267,9 @@ def main(argv=None):
             current_lr = optimizer.param_groups[0]["lr"]
             utils.log(f"current lr {current_lr:.5e}")
             progress = run.progress(epoch, args.epochs, args.print_freq, print_last=False)
-            train_epoch(step_model, train_loader, optimizer, scaler, progress, amp, begin_step,
-                        channels_last)
+            with run.stepping():  # a signal stops at a step's end, after a checkpoint there
+                train_epoch(step_model, train_loader, optimizer, scaler, progress, amp, begin_step,
+                            channels_last, run.after_step)
             utils.log(f"Total time for epoch [{epoch}] : {progress.batch_time:.3f}")
             if warmup and epoch == 0:
                 for group in optimizer.param_groups:
@@ -245,7 +278,9 @@ def main(argv=None):
             run.end_epoch(progress, before={"lr": current_lr})  # checkpoint, sample E.pt, results
         run.finish()
         utils.log_sgd_lists(results.data["epochs"])
-        run.done("SGD", f"samples {run.first_epoch}..{args.epochs} in {args.save_dir}")
+        first, last = ((0, results.data["samples"][-1]["sample"]) if sampling.by_step
+                       else (run.first_epoch, args.epochs))
+        run.done("SGD", f"samples {first}..{last} in {args.save_dir}")
     return model
 
 

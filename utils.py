@@ -4,6 +4,7 @@
    dldr/data.py          datasets (CIFAR, DIGITS, synthetic, image folders), --smalldatasets, --corrupt
    dldr/batches.py       batches: in memory on the device, or torchvision transforms in a DataLoader
    dldr/samples.py       the samples 0.pt, 1.pt, ... written and read back as parameter vectors
+   dldr/sampling.py      when SGD samples: every epoch, every N steps, the authors' ImageNet rule
    dldr/records.py       run.json, noisy_labels.json and results_*.json
 2. The DLDR basis
    dldr/basis.py         the exact principal directions of the samples (DLDR), the span of the raw
@@ -13,7 +14,8 @@
 3. Training in the subspace (train_pbfgs.py, train_psgd.py, train_twa.py; swa.py beside them)
    dldr/optim.py         PBFGS (a torch.optim optimizer), project_gradients_ (P-SGD), FlatParameters
 Around them:
-   dldr/run.py           a run's life cycle (resume, lock, checkpoints, final evaluations), run_main
+   dldr/run.py           a run's life cycle (resume, lock, checkpoints, final evaluations)
+   dldr/entry.py         run_main, the scripts' entry point: exit statuses, the resume command
    dldr/subspace.py      the run of the two subspace scripts, on top of it: checks, basis, restart
    dldr/evaluation.py    a run's evaluations: the authors', and with BatchNorm re-estimated
    dldr/cli.py           flags, argument types, the one-line error for bad input (exit status 2)
@@ -22,7 +24,7 @@ Around them:
    dldr/progress.py      the log lines (the authors' formats), evaluation, end-of-run lists
    dldr/batchnorm.py     BatchNorm statistics re-estimated on the training data
    dldr/files.py         atomic writes, one writer per output (locks), weights-only loading
-   dldr/checkpoints.py   exact resume
+   dldr/checkpoints.py   exact resume, after an epoch or inside one
    dldr/distributed.py   torchrun: sums over processes, BatchNorm over the global batch
    models/               the architectures, one file per family, each registered under its --arch
 """
@@ -54,7 +56,9 @@ from dldr.samples import (available_samples, check_sample_range, describe_epochs
                           load_sample_matrix, load_state, param_vector_from_state, sample_path,
                           save_model, save_sample)
 from dldr.evaluation import Evaluator
-from dldr.run import SGD_OUTPUTS, Outputs, Run, resume_command, run_main
+from dldr.sampling import RULES as SAMPLE_RULES, SamplingPlan
+from dldr.entry import resume_command, run_main
+from dldr.run import SGD_OUTPUTS, Outputs, Run
 from dldr.subspace import (SubspaceRun, check_samples_run, load_data_and_model, make_evaluator,
                            note_unchecked_noise, output_names, outputs_of)
 from dldr.trajectory import Basis, Trajectory, build_basis, describe_sample_epochs

@@ -68,7 +68,7 @@ def bench_method(method, path, train, test, device, repeats, k):
 
         def train_epoch():
             train_sgd.train_epoch(step_model, train_loader, opt, scaler, progress(), amp,
-                                  begin_step, channels_last=cuda)
+                                  begin_step, cuda, after_step=lambda i: None)
     else:
         flat = utils.FlatParameters(model)
         basis = utils.random_basis(flat.data.numel(), k, seed=0).to(device, torch.float32)

@@ -11,11 +11,7 @@ CPU against CPU, to try its code.
 """
 import argparse
 import collections
-import functools
-import importlib
 import json
-import logging
-import math
 import os
 import shutil
 import signal
@@ -75,115 +71,8 @@ class Context:
         return path
 
 
-# ---------------------------------------------------------------------------------------- helpers
-def synthetic(n_train, n_test):
-    """--datasets SYNTHETIC at this size in this process (its loader's size options)."""
-    from dldr import data
-    data.DATASETS["SYNTHETIC"] = functools.partial(data.load_synthetic, n_train=n_train,
-                                                   n_test=n_test)
-
-
-def script(name, *argv):
-    """Run ``name``.py's main(argv) in this process as its command line does; seconds taken."""
-    import utils
-    module = importlib.import_module(name)
-    argv = [str(a) for a in argv]
-    print(f"$ python {name}.py {' '.join(argv)}", flush=True)
-    start = time.perf_counter()
-    try:
-        utils.run_main(module.main, argv)
-    except SystemExit as e:
-        if e.code not in (0, None):
-            raise RuntimeError(f"{name}.py exited with {e.code}") from None
-    return time.perf_counter() - start
-
-
-def results(save_dir, name):
-    with open(os.path.join(save_dir, f"results_{name}.json")) as f:
-        return json.load(f)
-
-
-def trained_rows(record):  # the start's row has no train_time
-    return [r for r in record["epochs"] if "train_time" in r]
-
-
-def make_samples(folder, argv, epochs):
-    """A short SGD run (eager, fp32) whose samples 0..epochs the subspace stages start from."""
-    script("train_sgd", *argv, "--epochs", epochs, "--lr", "0.1", "--milestones", "100",
-           "--save-dir", folder)
-    return folder
-
-
-def step_time(record, n_train, batch):
-    """Mean seconds per step of the trained epochs after the first (which absorbs compilation),
-    or of the only one."""
-    rows = trained_rows(record)
-    rows = rows[1:] or rows
-    return statistics.median(r["train_time"] for r in rows) / math.ceil(n_train / batch)
-
-
-def state_difference(path_a, path_b):
-    """(max |a - b| over the floating-point entries of two saved state dicts, bit-identical?)"""
-    import torch
-    from dldr.samples import load_state
-    a, b = load_state(path_a), load_state(path_b)
-    if a.keys() != b.keys():
-        raise RuntimeError(f"{path_a} and {path_b} hold different entries")
-    diff, equal = 0.0, True
-    for k in a:
-        x, y = a[k], b[k]
-        equal = equal and torch.equal(x, y)
-        if x.is_floating_point():
-            diff = max(diff, (x.double() - y.double()).abs().max().item() if x.numel() else 0.0)
-    return diff, equal
-
-
-class CompileWatch:
-    """torch.compile's work during a run: graphs compiled, recompilations (and why), and CUDA
-    graphs recorded, replayed and skipped (torch 2.x internals, read defensively)."""
-
-    def __enter__(self):
-        import torch
-        from torch._dynamo.utils import counters
-        counters.clear()
-        self.reasons, self.patched = [], []
-        torch._logging.set_logs(recompiles=True)  # each recompilation: one record, with its reason
-        self.handler = logging.Handler()
-        self.handler.emit = lambda record: self.reasons.append(record.getMessage())
-        self.logger = logging.getLogger("torch._dynamo.guards.__recompiles")
-        self.logger.addHandler(self.handler)
-        # The CUDA graph trees' recordings, replays and eager (warm-up) runs, counted at the calls
-        self.calls = {"record_function": 0, "execute_node": 0, "run_eager": 0}
-        try:
-            from torch._inductor.cudagraph_trees import CUDAGraphTreeManager as manager
-            for name in self.calls:
-                def counting(*args, _name=name, _original=getattr(manager, name), **kwargs):
-                    self.calls[_name] += 1
-                    return _original(*args, **kwargs)
-                self.patched.append((manager, name, getattr(manager, name)))
-                setattr(manager, name, counting)
-        except (ImportError, AttributeError) as e:
-            self.calls = {"error": repr(e)}
-        return self
-
-    def __exit__(self, *exc):
-        for owner, name, original in self.patched:
-            setattr(owner, name, original)
-        self.logger.removeHandler(self.handler)
-
-    def figures(self, gpu):
-        from torch._dynamo.utils import counters
-        out = {"graphs_compiled": counters["stats"]["unique_graphs"],
-               "recompiles": len(self.reasons),
-               "recompile_reasons": [" ".join(r.split("guard failure(s):")[-1].split())[:160]
-                                     for r in self.reasons[:4]]}
-        if gpu:
-            out.update(cudagraph_skips=counters["inductor"]["cudagraph_skips"],
-                       cudagraphs_recorded=self.calls.get("record_function"),
-                       cudagraph_replays=self.calls.get("execute_node"),
-                       cudagraph_eager_runs=self.calls.get("run_eager"),
-                       cudagraphs_used=bool(self.calls.get("execute_node")))
-        return out
+from gpu_check_runs import (CompileWatch, make_samples, results, script,  # noqa: E402
+                            sigterm_during, state_difference, step_time, synthetic, trained_rows)
 
 
 # ----------------------------------------------------------------------------------------- stages
@@ -346,20 +235,35 @@ def agreement(ctx):
 
 @stage(gpu_s=25, cpu_s=50)
 def resume(ctx):
-    """--deterministic: 2 epochs straight against 1 epoch, then --resume --epochs 2."""
+    """--deterministic, a sample every few steps: 2 epochs straight against a run stopped by
+    SIGTERM inside epoch 1, then --resume'd there; every sample must be the same."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
     n_train, n_test, arch = (4096, 1024, "resnet20") if ctx.gpu else (256, 128, "resnet8")
     synthetic(n_train, n_test)
+    every, batch = (8, 5) if ctx.gpu else (1, 0)  # 32 steps an epoch on the GPU, 2 on the CPU
     common = ["--datasets", "SYNTHETIC", "--arch", arch, "--device", ctx.device,
-              "--deterministic", "--batch-size", 128, "--print-freq", 10 ** 6, "--milestones", 1]
+              "--deterministic", "--batch-size", 128, "--print-freq", 10 ** 6, "--milestones", 1,
+              "--epochs", 2, "--sample-every-steps", every]
     straight, stopped = ctx.dir("straight"), ctx.dir("resumed")
-    script("train_sgd", *common, "--epochs", 2, "--save-dir", straight)
-    script("train_sgd", *common, "--epochs", 1, "--save-dir", stopped)
-    script("train_sgd", *common, "--epochs", 2, "--resume", "--save-dir", stopped)
-    diff, equal = state_difference(os.path.join(straight, "2.pt"), os.path.join(stopped, "2.pt"))
-    ctx.record(arch=arch, images=n_train, max_param_diff=diff, equal=equal)
+    script("train_sgd", *common, "--save-dir", straight)
+    with sigterm_during(1, batch):
+        try:
+            script("train_sgd", *common, "--save-dir", stopped)
+            raise RuntimeError("the run was not stopped by its SIGTERM")
+        except RuntimeError as e:
+            if "exited with 143" not in str(e):
+                raise
+    script("train_sgd", *common, "--resume", "--save-dir", stopped)
+    samples = sorted(int(n[:-3]) for n in os.listdir(straight) if n[:-3].isdigit())
+    worst, equal = 0.0, True
+    for k in samples:
+        diff, same = state_difference(os.path.join(straight, f"{k}.pt"),
+                                      os.path.join(stopped, f"{k}.pt"))
+        worst, equal = max(worst, diff), equal and same
+    ctx.record(arch=arch, images=n_train, samples=len(samples), stopped_at=f"epoch 1, batch {batch}",
+               max_param_diff=worst, equal=equal)
     if not equal:
-        raise RuntimeError(f"the resumed run's 2.pt differs from the straight run's by {diff:.3g}")
+        raise RuntimeError(f"the resumed run's samples differ from the straight run's by {worst:.3g}")
 
 
 @stage(gpu_s=30, cpu_s=70)

@@ -33,7 +33,7 @@ import train_psgd  # noqa: E402
 import train_sgd  # noqa: E402
 import utils  # noqa: E402
 from dldr.cli import UsageError, positive_int  # noqa: E402
-from dldr.files import check_output_file  # noqa: E402
+from dldr.files import check_output_file, take_pending_signal  # noqa: E402
 
 METHODS = ("sgd", "psgd", "pbfgs", "twa")
 TITLES = {"sgd": "SGD", "psgd": "P-SGD", "pbfgs": "P-BFGS", "twa": "TWA"}
@@ -162,6 +162,9 @@ class Method:
         self.model = utils.build_model("resnet20", "SYNTHETIC", 10, device)
         self.begin_step = utils.step_marker(device, False)
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
+        # What Run.after_step asks after every SGD step of a per-epoch run in one process
+        plan = utils.SamplingPlan(batches=len(self.batches))
+        self.after_step = lambda i: take_pending_signal() or plan.checkpoint_due(0, i)
         self.k = None
         if name != "sgd":
             self.flat = utils.FlatParameters(self.model)
@@ -197,7 +200,7 @@ class Method:
         with contextlib.redirect_stdout(self.sink):
             if self.name == "sgd":
                 train_sgd.train_epoch(self.model, self.batches, opt, self.scaler, self.progress(),
-                                      None, self.begin_step, False)
+                                      None, self.begin_step, False, self.after_step)
             elif self.name == "pbfgs":
                 train_pbfgs.train_epoch(self.model, self.flat, opt, self.batches, self.progress(),
                                         1, None, self.begin_step)

@@ -231,7 +231,7 @@ class Profile:
 def phases(profile, wall):
     """{row: seconds} of a profiled process that took ``wall`` seconds, adding up to it."""
     seconds = {START: wall - profile.total,
-               IMPORTS: profile.total - profile.cumulative("dldr/run.py", "run_main")}
+               IMPORTS: profile.total - profile.cumulative("dldr/entry.py", "run_main")}
     for name, functions in PHASES:
         seconds[name] = sum(profile.cumulative(*f, required=f[:2] not in OPTIONAL)
                             for f in functions)

@@ -29,7 +29,9 @@ class MemoryLoader:
     """Batches from a split held on the device: shuffled, augmented and normalised there.
 
     All random draws of an epoch come from ``self.generator`` (a CPU generator, so the same seed
-    gives the same batches on any device) and its state is part of a checkpoint.
+    gives the same batches on any device), all made as the epoch starts: a checkpoint keeps the
+    generator's state, and one inside an epoch its state at the epoch's start
+    (``epoch_start``) with the batches done, which the resumed run passes over (``skip``).
     """
 
     def __init__(self, data, batch_size, device, shuffle, seed=0, padding=4, split_batches=None):
@@ -45,6 +47,8 @@ class MemoryLoader:
         self.augment = data.augment and shuffle
         self.padding = padding
         self.generator = torch.Generator().manual_seed(seed)
+        self.epoch_start = None  # (the generator's state, None) as the epoch under way began
+        self.skip = 0  # batches of the next epoch to pass over (a run resumed inside it)
         images = data.images.to(device)
         if self.augment:
             images = F.pad(images, (padding,) * 4)  # zero padding, as RandomCrop(padding=4)
@@ -74,6 +78,7 @@ class MemoryLoader:
 
     def __iter__(self):
         n = len(self.data)
+        self.epoch_start, (skip, self.skip) = (self.generator.get_state(), None), (self.skip, 0)
         if self.shuffle:
             order = torch.randperm(n, generator=self.generator)
         else:
@@ -85,7 +90,7 @@ class MemoryLoader:
             offsets, flips = offsets.to(self.device), flips.to(self.device)
         order = order.to(self.device)
         size = self.data.images.shape[-1]
-        for start, end in self.spans:
+        for start, end in self.spans[skip:]:
             if self.split_batches and self.world_size > 1:  # this process's part of the batch
                 part = torch.tensor_split(torch.arange(start, end), self.world_size)[self.rank]
                 start, end = int(part[0]), int(part[-1]) + 1
@@ -100,37 +105,87 @@ class MemoryLoader:
             yield x, self.labels[idx]
 
 
-class _TorchvisionView(torch.utils.data.Dataset):
-    def __init__(self, data, transform):
-        self.data, self.transform = data, transform
+def image_seed(seed, epoch, index):
+    """The seed of one training image's random crop and flip in one epoch: a mix (splitmix64's)
+    of the run's seed, the epoch and the image's index, so that an image is augmented alike
+    whichever worker process reads it, in whichever position, and in a run resumed mid-epoch."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index) & (2 ** 64 - 1)
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & (2 ** 64 - 1)
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & (2 ** 64 - 1)
+    return (x ^ (x >> 31)) & (2 ** 63 - 1)
+
+
+class _View(torch.utils.data.Dataset):
+    """A split seen through torchvision transforms. With ``random`` (training's crops and flips)
+    each image's draws come from ``image_seed`` (the run's seed, ``self.epoch``, its index), not
+    from the worker's generator, whose state depends on which batches that worker read before:
+    this is what makes the DataLoader path resumable inside an epoch, bit for bit."""
+
+    def __init__(self, data, transform, random=False, seed=0):
+        self.data, self.transform, self.random, self.seed = data, transform, random, seed
+        self.epoch = 0  # set by _DeviceLoader before each epoch's workers start
 
     def __len__(self):
         return len(self.data)
 
+    def image(self, i):
+        return self.data.images[i]
+
     def __getitem__(self, i):
-        return self.transform(self.data.images[i]), self.data.labels[i]
+        image = self.image(i)
+        if not self.random:
+            return self.transform(image), self.data.labels[i]
+        with torch.random.fork_rng(devices=[]):  # the process's own stream is left as it was
+            torch.default_generator.manual_seed(image_seed(self.seed, self.epoch, int(i)))
+            return self.transform(image), self.data.labels[i]
 
 
-class _FolderView(torch.utils.data.Dataset):
-    def __init__(self, data, transform):
+class _FolderView(_View):
+    def __init__(self, data, transform, random=False, seed=0):
+        super().__init__(data, transform, random, seed)
         from torchvision.datasets.folder import default_loader  # PIL, converted to RGB
-        self.data, self.transform, self.load = data, transform, default_loader
+        self.load = default_loader
+
+    def image(self, i):
+        return self.load(os.fsdecode(self.data.paths[i]))
+
+
+class _SkippingBatches(torch.utils.data.Sampler):
+    """A batch sampler's batches, the first ``skip`` of an epoch passed over without reading their
+    images (a run resumed mid-epoch): the shuffle's draws are made all the same."""
+
+    def __init__(self, batches):
+        self.batches, self.skip = batches, 0
 
     def __len__(self):
-        return len(self.data)
+        return len(self.batches)
 
-    def __getitem__(self, i):
-        return self.transform(self.load(os.fsdecode(self.data.paths[i]))), self.data.labels[i]
+    def __iter__(self):
+        batches, (skip, self.skip) = iter(self.batches), (self.skip, 0)
+        for _ in range(skip):
+            next(batches, None)
+        yield from batches
 
 
 class _DeviceLoader:
     """A DataLoader's batches moved to the device. ``generator`` (the shuffle's) and ``epoch``
-    (a DistributedSampler's) are what a checkpoint needs to continue the same order."""
+    (a DistributedSampler's, and the images' augmentation seeds) are what a checkpoint needs to
+    continue the same order; inside an epoch, their values as it began (``epoch_start``) and the
+    batches done, which the resumed run passes over (``skip``)."""
 
     def __init__(self, loader, device, generator, sampler=None):
         self.loader, self.device = loader, device
         self.generator, self.sampler = generator, sampler
         self.epoch = 0
+        self.epoch_start = None
+
+    @property
+    def skip(self):
+        return self.loader.batch_sampler.skip
+
+    @skip.setter
+    def skip(self, batches):
+        self.loader.batch_sampler.skip = batches
 
     def __len__(self):
         return len(self.loader)
@@ -139,12 +194,16 @@ class _DeviceLoader:
         """Images in global batch ``i``: a DistributedSampler gives every process as many (it
         pads the split), so this process's batch times the number of processes."""
         per_process = len(self.sampler) if self.sampler is not None else len(self.loader.dataset)
-        size = self.loader.batch_size
+        size = self.loader.batch_size or self.loader.batch_sampler.batches.batch_size
         return min(size, per_process - i * size) * world()[1]
 
     def __iter__(self):
+        self.epoch_start = (self.generator.get_state(), self.epoch)
         if self.sampler is not None:
             self.sampler.set_epoch(self.epoch)
+        dataset = self.loader.dataset
+        view = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+        view.epoch = self.epoch  # (workers start with the iterator below: they see it)
         self.epoch += 1
         for x, y in self.loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -155,22 +214,27 @@ def _dataloader(view, batch_size, device, shuffle, workers, seed, split_batches=
 
     Under torchrun each process reads its part: for training a DistributedSampler (shuffled from
     the seed and the epoch, batch_size // processes images per process, so --batch-size stays
-    the global batch), for evaluation a contiguous shard of the split.
+    the global batch), for evaluation a contiguous shard of the split. The samplers are the
+    DataLoader's own (RandomSampler from ``generator``, BatchSampler), built here to pass over
+    batches (_SkippingBatches); the same draws as DataLoader(shuffle=...) makes.
     """
     rank, size = world()
     generator = torch.Generator().manual_seed(seed)
-    sampler = None
+    sampler = distributed = None
     if size > 1 and (shuffle if split_batches is None else split_batches):
-        sampler = torch.utils.data.DistributedSampler(view, size, rank, shuffle=shuffle, seed=seed)
+        sampler = distributed = torch.utils.data.DistributedSampler(view, size, rank,
+                                                                    shuffle=shuffle, seed=seed)
         batch_size = max(1, batch_size // size)
     elif size > 1:
         view = torch.utils.data.Subset(
             view, torch.tensor_split(torch.arange(len(view)), size)[rank].tolist())
-    loader = torch.utils.data.DataLoader(view, batch_size=batch_size,
-                                         shuffle=shuffle and sampler is None, sampler=sampler,
-                                         num_workers=workers, generator=generator,
-                                         pin_memory=device.type == "cuda")
-    return _DeviceLoader(loader, device, generator, sampler)
+    if sampler is None:
+        sampler = (torch.utils.data.RandomSampler(view, generator=generator) if shuffle else
+                   torch.utils.data.SequentialSampler(view))
+    batches = _SkippingBatches(torch.utils.data.BatchSampler(sampler, batch_size, False))
+    loader = torch.utils.data.DataLoader(view, batch_sampler=batches, num_workers=workers,
+                                         generator=generator, pin_memory=device.type == "cuda")
+    return _DeviceLoader(loader, device, generator, distributed)
 
 
 def batch_shape(data, n=2):
@@ -204,12 +268,12 @@ def make_loader(data, batch_size, device, shuffle, kind="memory", workers=4, see
         else:
             steps = [T.Resize(256), T.CenterCrop(224)]
         transform = T.Compose(steps + [T.ToTensor(), T.Normalize(data.mean, data.std)])
-        return _dataloader(_FolderView(data, transform), batch_size, device, shuffle, workers, seed,
-                           split_batches)
+        view = _FolderView(data, transform, random=data.augment and shuffle, seed=seed)
+        return _dataloader(view, batch_size, device, shuffle, workers, seed, split_batches)
     steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if data.augment and shuffle else []
     transform = T.Compose(steps + [T.ConvertImageDtype(torch.float32), T.Normalize(data.mean, data.std)])
-    return _dataloader(_TorchvisionView(data, transform), batch_size, device, shuffle, workers, seed,
-                       split_batches)
+    view = _View(data, transform, random=data.augment and shuffle, seed=seed)
+    return _dataloader(view, batch_size, device, shuffle, workers, seed, split_batches)
 
 
 def bn_loader(data, batch_size, device, kind="memory", workers=4):

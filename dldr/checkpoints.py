@@ -84,15 +84,25 @@ class StartWeights:
         self.vector = state["vector"]
 
 
-def checkpoint_state(epoch, model, stateful, train_loader, best_prec1, results, identity):
-    """Everything an exact resume needs after ``epoch``; ``stateful`` maps names to objects with
-    ``state_dict()`` (optimizer, scheduler, scaler, P-BFGS); ``identity``: what defines the run
-    (``check_same_run``)."""
+def checkpoint_state(epoch, model, stateful, train_loader, best_prec1, results, identity,
+                     batch=0, progress=None):
+    """Everything an exact resume needs after ``epoch`` epochs and ``batch`` batches of the next
+    (one inside an epoch: the loader's generator as that epoch began, and every process's meters
+    of it, ``progress``); ``stateful`` maps names to objects with ``state_dict()`` (optimizer,
+    scheduler, scaler, P-BFGS); ``identity``: what defines the run (``check_same_run``)."""
+    if batch:
+        loader_rng, loader_epoch = train_loader.epoch_start
+    else:
+        loader_rng, loader_epoch = (train_loader.generator.get_state(),
+                                    getattr(train_loader, "epoch", None))
     state = {"epoch": epoch, "run": identity, "model": model.state_dict(),
-             "loader_rng": train_loader.generator.get_state(), "rng": rng_state(model),
-             "loader_epoch": getattr(train_loader, "epoch", None),
+             "loader_rng": loader_rng, "rng": rng_state(model), "loader_epoch": loader_epoch,
              "best_prec1": best_prec1, "results": results.data["epochs"],
              "results_start": results.data.get("start")}
+    if batch:
+        state.update(batch=batch, progress=all_gather_objects(progress.state_dict()))
+    if "samples" in results.data:  # the steps of samples taken by step
+        state["samples"] = results.data["samples"]
     state.update({name: obj.state_dict() for name, obj in stateful.items()})
     return state
 
@@ -176,7 +186,8 @@ def fast_forward(scheduler, epochs):
 # How a difference in a run's identity is named: its flag (a dest's own spelling otherwise)
 _FLAGS = {"batch_size": "--batch-size", "weight_decay": "--weight-decay", "adam_lr": "--adam-lr",
           "train_start": "--train-start", "method": "the script",
-          "resumed_from_weights": "--resume-weights"}
+          "resumed_from_weights": "--resume-weights", "sample_every_steps": "--sample-every-steps",
+          "sample_rule": "--sample-rule"}
 
 
 def check_same_run(path, ckpt, identity, epochs=None, flag="--resume"):
@@ -207,11 +218,13 @@ def check_same_run(path, ckpt, identity, epochs=None, flag="--resume"):
                      else "run with the settings it was made with, pass --overwrite to replace "
                      "it, or use another --save-dir or --output-tag")
             raise UsageError(f"{flag}: {path} holds another run ({'; '.join(said)}); {again}")
-    done = int(ckpt.get("epoch", 0))
-    if epochs is not None and epochs < done:
-        raise UsageError(f"--epochs {epochs}: {path} already holds {done} epochs; use --epochs "
-                         f">= {done} to continue it" + ("" if flag == "--resume" else
-                                                        ", or --overwrite to replace it"))
+    done, inside = int(ckpt.get("epoch", 0)), int(ckpt.get("batch", 0))
+    if epochs is not None and (epochs < done or (inside and epochs == done)):
+        held = f"{done} epochs" + (f" and {inside} batches of the next" if inside else "")
+        least = done + (1 if inside else 0)
+        raise UsageError(f"--epochs {epochs}: {path} already holds {held}; use --epochs "
+                         f">= {least} to continue it" + ("" if flag == "--resume" else
+                                                         ", or --overwrite to replace it"))
 
 
 def load_resume(resume, save_dir, name, authors=False):
@@ -260,7 +273,7 @@ def load_start_weights(path):
 
 def resume_run(path, ckpt, model, stateful, train_loader, results):
     """Restore what ``checkpoint_state`` saved in ``ckpt`` (read from ``path``); returns (epochs
-    done, best Prec@1).
+    done, best Prec@1, batches done of the next epoch, this process's meters of it or None).
 
     A checkpoint of the authors' scripts (checkpoint_refine_E.th) holds the weights, the epoch and
     the best Prec@1 only: those are restored and the schedule stepped to the epoch; the optimizer,
@@ -273,7 +286,7 @@ def resume_run(path, ckpt, model, stateful, train_loader, results):
             fast_forward(stateful["scheduler"], epoch)
         print(f"=> resumed from {path} after epoch {epoch}: a checkpoint without optimizer, data "
               "order or random state (the authors' format), which start afresh", flush=True)
-        return epoch, float(ckpt.get("best_prec1", 0.0))
+        return epoch, float(ckpt.get("best_prec1", 0.0)), 0, None
     load_strictly(model, ckpt["model"], path)
     for name, obj in stateful.items():
         if name not in ckpt and getattr(obj, "optional", False):
@@ -290,13 +303,26 @@ def resume_run(path, ckpt, model, stateful, train_loader, results):
     results.data["epochs"] = ckpt["results"]
     if ckpt.get("results_start") is not None:
         results.data["start"] = ckpt["results_start"]
-    print(f"=> resumed from {path} after epoch {ckpt['epoch']}", flush=True)
-    return ckpt["epoch"], ckpt["best_prec1"]
+    if "samples" in ckpt:
+        results.data["samples"] = ckpt["samples"]
+    batch, progress = int(ckpt.get("batch", 0)), None
+    if batch:  # inside an epoch: its first ``batch`` batches are passed over, its meters restored
+        train_loader.skip = batch
+        progress = ckpt["progress"][world()[0]]
+    where = (f"after epoch {ckpt['epoch']}" if not batch else
+             f"inside epoch {ckpt['epoch']}, after its batch {batch - 1}")
+    print(f"=> resumed from {path} {where}", flush=True)
+    return ckpt["epoch"], ckpt["best_prec1"], batch, progress
+
+
+def saved_at(epoch, batch=0):
+    """Where a checkpoint holds the run: after ``epoch`` epochs and ``batch`` batches more."""
+    return f"after {epoch} epochs" + (f" and {batch} batches of the next" if batch else "")
 
 
 class RunState:
     """Where a run stands, for the line it prints when a signal or a failed write stops it: the
-    epoch under way and the last epoch its checkpoint holds (None: nothing to resume yet)."""
+    epoch under way and where its checkpoint holds it (``saved``, None: nothing to resume yet)."""
 
     def __init__(self, checkpoint_path):
         self.checkpoint_path = checkpoint_path
@@ -304,15 +330,15 @@ class RunState:
         self.trained = False  # the epochs are done: what remains is the final evaluation and writes
 
     def save(self, ckpt):
-        """Write the checkpoint ``ckpt`` (``checkpoint_state``'s) and note its epoch as saved; a
-        signal that arrived during the write takes effect once the file is whole."""
+        """Write the checkpoint ``ckpt`` (``checkpoint_state``'s) and note where it holds the run;
+        a signal that arrived during the write takes effect once the file is whole."""
         try:
             atomic_torch_save(ckpt, self.checkpoint_path)
         except Interrupted as e:
             if e.after_write:
-                self.saved = ckpt["epoch"]
+                self.saved = saved_at(ckpt["epoch"], ckpt.get("batch", 0))
             raise
-        self.saved = ckpt["epoch"]
+        self.saved = saved_at(ckpt["epoch"], ckpt.get("batch", 0))
 
     @contextlib.contextmanager
     def guard(self):
@@ -327,6 +353,6 @@ class RunState:
                 e.where, e.resumable = f"{when}; nothing saved yet to resume from", False
             else:
                 e.where = (f"{when}; {os.path.basename(self.checkpoint_path)} holds the run "
-                           f"after {self.saved} epochs")
+                           f"{self.saved}")
                 e.resumable = True
             raise

@@ -62,6 +62,14 @@ def all_reduce_sum_(tensor):
     return tensor
 
 
+def all_reduce_max(value, device):
+    """The largest of the processes' numbers ``value`` (one collective, on ``device``)."""
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    if world()[1] > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def global_batch_share(loader, i, n_local):
     """This process's share of global batch ``i`` of ``loader`` that holds ``n_local`` of its
     images (1.0 in one process), from sizes known on the host (``loader.global_batch_size``): no

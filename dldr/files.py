@@ -1,5 +1,6 @@
 """Files: atomic writes (temporary file, fsync, rename) that a signal cannot cut short, one writer
 per output (an OS lock), and weights-only loading."""
+import contextlib
 import errno
 import fcntl
 import json
@@ -36,27 +37,61 @@ class Interrupted(BaseException):
 
 
 _writing = 0       # atomic writes in progress: a signal then waits for them to finish
+_stepping = False  # training steps under way: a first signal waits for the step's end
+_awaiting = False  # a signal waits for the processes to agree on it (torchrun: Run._signal)
 _pending = None    # the signal that arrived meanwhile
 _main_pid = None   # the process that installed the handler (DataLoader workers inherit it)
 
 
 def install_signal_handlers():
     """SIGINT and SIGTERM stop the run through ``on_signal``; returns the handlers they replace."""
-    global _pending, _main_pid
-    _pending, _main_pid = None, os.getpid()
+    global _pending, _awaiting, _main_pid
+    _pending, _awaiting, _main_pid = None, False, os.getpid()
     return {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
 
 def on_signal(signum, frame):
-    """Stop now, or after the write under way. A forked DataLoader worker stops as torch expects
-    its workers to, quietly, on KeyboardInterrupt."""
+    """Stop now, or after the write or step under way. A forked DataLoader worker ignores it: its
+    process stops it (shutting the loader down, or the worker exits with it), and the batch the
+    process waits for at a step's end still comes."""
     global _pending
     if os.getpid() != _main_pid:
-        raise KeyboardInterrupt
-    if _writing:
+        return
+    if _writing or ((_stepping or _awaiting) and _pending is None):  # (a second one: at once)
         _pending = signum
     else:
         raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_at_step_ends(agreed=False):
+    """Training steps: SIGINT and SIGTERM wait for the step under way to end, where the loop asks
+    ``take_pending_signal`` and checkpoints the run before it stops (Run.after_step); a second
+    signal during a step stops it at once. One that arrives after the last step's question is
+    acted on as the steps end; with ``agreed`` (torchrun, where the processes must stop at one
+    step together) it waits for the next question, after the epoch's end."""
+    global _stepping, _awaiting, _pending
+    _stepping = True
+    try:
+        yield
+    except BaseException:
+        _pending = None  # the run stops anyway; what stops it is the line to print
+        raise
+    finally:
+        _stepping = False
+    if _pending is not None and agreed:
+        _awaiting = True
+    elif not _writing and _pending is not None:
+        signum, _pending = _pending, None
+        raise Interrupted(signum)
+
+
+def take_pending_signal():
+    """The signal that arrived during the steps and waits (its number, now the caller's to act
+    on), or None."""
+    global _pending, _awaiting
+    signum, _pending, _awaiting = _pending, None, False
+    return signum
 
 
 def _os_error(e):
@@ -121,7 +156,7 @@ def atomic_write(path, write):
         raise WriteError(f"{path}: cannot write it ({cause.strerror or cause})") from None
     finally:
         _writing -= 1
-    if not _writing and _pending is not None:  # the file is whole: now the signal takes effect
+    if not (_writing or _stepping or _awaiting) and _pending is not None:  # the file is whole: stop
         signum, _pending = _pending, None
         raise Interrupted(signum, after_write=True)
 

@@ -43,12 +43,14 @@ class EpochProgress:
         self.loss_sum = self.correct = None
         self.unchecked = []  # the losses since the last finiteness check, on the device
         self.seen = 0
+        self.first = self.seen_before = 0  # batches and images done before a mid-epoch resume
         self.processes = world()[1]  # img/s counts every process (rank 0's count times this)
 
     def batches(self, loader):
-        """enumerate(loader), timing each batch's arrival (the Data field)."""
+        """enumerate(loader), timing each batch's arrival (the Data field); in a run resumed
+        inside the epoch, from batch ``self.first`` (the loader passes over those before)."""
         self.start = self.end = time.time()
-        for i, batch in enumerate(loader):
+        for i, batch in enumerate(loader, self.first):
             self.data_time_val = time.time() - self.end
             self.data_time += self.data_time_val
             self.fetches += 1
@@ -67,26 +69,51 @@ class EpochProgress:
         self.correct = correct if self.correct is None else self.correct + correct
         self.seen += n
         if i % self.print_freq == 0 or (self.print_last and i == self.n - 1):
-            elapsed, per_batch = now - self.start, (now - self.start) / (i + 1)
+            elapsed = now - self.start
+            per_batch = elapsed / (i + 1 - self.first)
             eta = per_batch * (self.n - i - 1) + per_batch * self.n * self.epochs_left_after
+            seen_here = self.seen - self.seen_before
             log(f"Epoch: [{self.epoch}][{i}/{self.n}]\t"
                 f"Time {self.batch_time_val:.3f} ({self.batch_time / self.steps:.3f})\t"
                 f"Data {self.data_time_val:.3f} ({self.data_time / max(self.fetches, 1):.3f})\t"
                 f"Loss {loss.item():.4f} ({self.loss:.4f})\t"
                 f"Prec@1 {100.0 * correct.item() / n:.3f} ({self.accuracy:.3f})\t"
-                f"{self.seen * self.processes / max(elapsed, 1e-9):.0f} img/s\tETA {format_eta(eta)}")
+                f"{seen_here * self.processes / max(elapsed, 1e-9):.0f} img/s\tETA {format_eta(eta)}")
+
+    def check_all(self):
+        """The losses not yet tested are finite (before a checkpoint inside the epoch)."""
+        losses, self.unchecked = self.unchecked, []
+        if losses and not torch.isfinite(torch.stack(losses)).all().item():
+            raise NonFiniteLoss(f"non-finite loss at epoch {self.epoch}")
+
+    # What a checkpoint inside the epoch keeps of the meters: the epoch's row is then the same
+    _STATE = ("seen", "steps", "fetches", "batch_time", "data_time")
+
+    def state_dict(self):
+        state = {k: getattr(self, k) for k in self._STATE}
+        state.update({k: None if getattr(self, k) is None else getattr(self, k).cpu()
+                      for k in ("loss_sum", "correct")})
+        return state
+
+    def load_state_dict(self, state, device):
+        for k in self._STATE:
+            setattr(self, k, state[k])
+        for k in ("loss_sum", "correct"):
+            setattr(self, k, None if state[k] is None else state[k].to(device))
+        self.seen_before = self.seen  # img/s counts the images of this start only
 
     def finish(self):
-        """End of the epoch: under torchrun, loss, accuracy and images seen become the totals
-        over all processes (the progress lines during the epoch show rank 0's share)."""
+        """End of the epoch: under torchrun, loss, accuracy and images seen (and those seen before a
+        resume inside the epoch) become the totals over all processes (the progress lines during the epoch show rank 0's share)."""
         if world()[1] > 1:
             device = self.loss_sum.device if self.loss_sum is not None else None
             totals = torch.tensor([0.0 if self.loss_sum is None else self.loss_sum.item(),
                                    0.0 if self.correct is None else float(self.correct.item()),
-                                   float(self.seen)], dtype=torch.float64, device=device)
-            loss_sum, correct, seen = all_reduce_sum_(totals).tolist()
+                                   float(self.seen), float(self.seen_before)],
+                                  dtype=torch.float64, device=device)
+            loss_sum, correct, seen, seen_before = all_reduce_sum_(totals).tolist()
             self.loss_sum, self.correct = torch.tensor(loss_sum), torch.tensor(correct)
-            self.seen = int(seen)
+            self.seen, self.seen_before = int(seen), int(seen_before)
         return self
 
     @property

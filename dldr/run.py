@@ -1,24 +1,23 @@
 """A run's life cycle, written once for the three scripts: resume or the start, the output lock,
 every epoch's checkpoint before its sample and results, the signal-safe stop, the final
-evaluations and the end-of-run lines; and ``run_main``, the scripts' entry point."""
+evaluations and the end-of-run lines (the scripts' entry point, ``run_main``: dldr/entry.py)."""
 import contextlib
 import json
 import os
-import shlex
-import signal
-import sys
 import time
 from typing import NamedTuple
 
 from . import files
 from .checkpoints import (RunState, check_same_processes, check_same_run, checkpoint_state,
-                          load_resume, load_start_weights, load_strictly, resume_run)
+                          load_resume, load_start_weights, load_strictly, resume_run, saved_at)
 from .cli import UsageError
-from .distributed import is_main_process
-from .files import OutputLock, atomic_torch_save, make_dir
+from .distributed import all_reduce_max, is_main_process, world
+from .files import (Interrupted, OutputLock, atomic_torch_save, make_dir, signals_at_step_ends,
+                    take_pending_signal)
 from .progress import EpochProgress, NonFiniteLoss, format_eta, log
 from .records import samples_fingerprint
 from .samples import available_samples, save_model, save_sample
+from .sampling import SamplingPlan, record
 from .training import peak_memory_bytes, reset_peak_memory
 
 
@@ -40,13 +39,18 @@ class Outputs(NamedTuple):
 
 def samples_used(trajectory, start=None):
     """What a results file records of the samples it was made from (``sample_fingerprint``): their
-    epochs (the trajectory's, and a --train-start sample outside it) and their SHA-256, which
+    numbers ("epochs": the trajectory's, and a --train-start sample outside it; with "steps",
+    their global steps, when they were taken by step) and their SHA-256, which
     the readers (summarize.py, plot_results.py) compare with the samples in the folder now."""
     epochs = list(trajectory.epochs)
     if start is None or start == "mean" or start in epochs:
-        return {"epochs": epochs, "sha256": trajectory.fingerprint()}
-    epochs.append(start)
-    return {"epochs": epochs, "sha256": samples_fingerprint(trajectory.save_dir, epochs)}
+        used = {"epochs": epochs, "sha256": trajectory.fingerprint()}
+    else:
+        epochs.append(start)
+        used = {"epochs": epochs, "sha256": samples_fingerprint(trajectory.save_dir, epochs)}
+    if trajectory.steps:  # taken by step: each sample's global step too
+        used["steps"] = [trajectory.steps.get(e) for e in epochs]
+    return used
 
 
 def finished_run(save_dir, outputs):
@@ -100,7 +104,9 @@ class Run:
     already loaded) or leaves the start to the caller (``save_start``), takes the lock, and turns
     a signal, a failed write or a non-finite loss into one line that says what is saved.
     ``epochs`` then yields the epochs to train and ``end_epoch`` evaluates each and writes its
-    checkpoint, then its sample (``sample_dir``: SGD's trajectory), then its results.
+    checkpoint, then its sample (``sample_dir``: SGD's trajectory), then its results. Inside an
+    epoch, ``after_step`` writes the samples and checkpoints a SamplingPlan asks for after a step,
+    and a checkpoint before a signal stops the steps (``stepping``).
     """
 
     def __init__(self, save_dir, outputs, identity, *, resume=None, epochs=None, evaluating=False,
@@ -135,6 +141,8 @@ class Run:
                 identity["resumed_from_weights"] = resume_weights
         self.state = RunState(os.path.join(save_dir, outputs.checkpoint))
         self.epoch, self.best_prec1, self.resumed = 0, 0.0, False
+        self.sampling = SamplingPlan()  # one sample (and checkpoint) an epoch, at its end
+        self.inside = None  # (batches done, meters) of the epoch a checkpoint stopped inside
 
     @property
     def continuing(self):
@@ -169,23 +177,36 @@ class Run:
             log(f"=> --reuse: continuing the {state} run in {path} (epoch {done} of {epochs})")
         return False
 
-    def writing(self, *, model, stateful, train_loader, results, evaluator, start_epoch):
+    def writing(self, *, model, stateful, train_loader, results, evaluator, start_epoch,
+                sampling=None):
         """The context of the part of the run that writes: it continues the checkpoint of
         --resume (checked at construction to be this run's), or starts at ``start_epoch``;
-        ``stateful`` maps names to the objects whose state a checkpoint keeps."""
+        ``stateful`` maps names to the objects whose state a checkpoint keeps; ``sampling``: a
+        SamplingPlan of samples and checkpoints inside the epochs."""
         self.model, self.stateful, self.train_loader = model, stateful, train_loader
         self.results, self.evaluator = results, evaluator
         self.epoch = start_epoch
+        if sampling is not None:
+            self.sampling = sampling
         if self.resume is not None:
-            self.epoch, self.best_prec1 = resume_run(*self.resume, model, stateful, train_loader,
-                                                     results)
+            self.epoch, self.best_prec1, batch, meters = resume_run(
+                *self.resume, model, stateful, train_loader, results)
+            self.inside = (batch, meters) if batch else None
             self.resume, self.resumed = None, True  # the checkpoint's memory is free again
+            if self.sampling.by_step and "samples" not in results.data:
+                raise UsageError("--sample-every-steps: the checkpoint resumed holds a run that "
+                                 "sampled by epoch (or an authors' checkpoint); resume it without "
+                                 "--sample-every-steps, or start a new run in another --save-dir")
         elif self.weights is not None:
             path, state = self.weights
             load_strictly(model, state, f"--resume-weights {path}")
             self.weights = None
             log(f"=> starting from the weights of {path} (--resume-weights); the optimizer, "
                 "schedule and data order start afresh")
+        if self.sampling.by_step:
+            plan = self.sampling
+            results.data["sampling"] = {"every_steps": plan.every, "rule": plan.rule,
+                                        "batches_per_epoch": plan.batches}
         if self.fingerprint is not None:
             results.data["sample_fingerprint"] = self.fingerprint
         if "resumed_from_weights" in self.identity:
@@ -205,9 +226,11 @@ class Run:
                 if self.overwrite and not self.resumed and is_main_process():
                     remove_outputs(self.save_dir, self.outputs)
                 if self.resumed:
-                    self.state.saved = self.epoch
-                    if self.sample_dir and self.epoch not in available_samples(self.sample_dir):
-                        save_sample(self.model, self.sample_dir, self.epoch)  # its write failed
+                    batch = self.inside[0] if self.inside else 0
+                    self.state.saved = saved_at(self.epoch, batch)
+                    sample = self._sample_of_checkpoint(batch)
+                    if sample is not None and sample not in available_samples(self.sample_dir):
+                        save_sample(self.model, self.sample_dir, sample)  # its write failed
                     # A finished run extended keeps its results (final evaluation, diagnostics)
                     # until its next epoch replaces them: a resume that fails loses nothing
                     if finished_run(self.save_dir, self.outputs) != "finished":
@@ -220,9 +243,27 @@ class Run:
             self.results.save()
             raise SystemExit(f"error: {e}; {kept}")
 
+    def _sample_of_checkpoint(self, batch):
+        """The sample written just after the checkpoint resumed from (``batch`` batches into epoch
+        ``self.epoch``), or None: the one a failed write may have left missing."""
+        if not self.sample_dir:
+            return None
+        if not self.sampling.by_step:
+            return None if batch else self.epoch
+        last = self.results.data["samples"][-1]
+        at = self.epoch * self.sampling.batches + batch
+        return last["sample"] if last["step"] == at else None
+
     def save_start(self, **row):
-        """The start's results row (epoch ``self.epoch``), after its checkpoint and sample."""
-        self._save(dict(epoch=self.epoch, **row))
+        """The start's results row (epoch ``self.epoch``), after its checkpoint and sample; taken
+        by step, the samples' record begins (0.pt at step 0)."""
+        if self.sampling.by_step:
+            self.results.data["samples"] = [record(0, self.epoch, None,
+                                                   self.epoch * self.sampling.batches)]
+            self._save(dict(epoch=self.epoch, **row), sample=0)
+        else:
+            self._save(dict(epoch=self.epoch, **row),
+                       sample=self.epoch if self.sample_dir else None)
 
     def epochs(self, end):
         """The epochs still to train, up to ``end``; the run is trained once they are done."""
@@ -235,8 +276,54 @@ class Run:
         self.state.trained = True
 
     def progress(self, epoch, end, print_freq, print_last=True):
-        return EpochProgress(epoch, len(self.train_loader), print_freq, end - epoch - 1,
-                             print_last=print_last)
+        """The meters of epoch ``epoch``; in the epoch a checkpoint stopped inside, as they were."""
+        self.meters = EpochProgress(epoch, len(self.train_loader), print_freq, end - epoch - 1,
+                                    print_last=print_last)
+        if self.inside is not None:
+            (self.meters.first, state), self.inside = self.inside, None
+            self.meters.load_state_dict(state, self.device)
+        return self.meters
+
+    def stepping(self):
+        """Around an epoch's steps: a signal waits for the step under way to end, where
+        ``after_step`` checkpoints the run before it stops."""
+        return signals_at_step_ends(agreed=world()[1] > 1)
+
+    def after_step(self, batch):
+        """After the step on batch ``batch`` of the epoch under way: the sample and the
+        checkpoint the SamplingPlan asks for there, and a stop a signal asked for during the
+        step, after a checkpoint of this step. The sample's record goes into the checkpoint
+        before the sample is written: a resume finds the sample or writes it again."""
+        epoch, plan = self.state.epoch, self.sampling
+        signum = self._signal(batch)
+        if not (signum or plan.checkpoint_due(epoch, batch)):
+            return
+        self.meters.check_all()  # no checkpoint of weights a non-finite loss has spoilt
+        sample = None
+        if plan.sample_due(epoch, batch):
+            sample = self.results.data["samples"][-1]["sample"] + 1
+            self.results.data["samples"].append(record(sample, epoch, batch,
+                                                       plan.step(epoch, batch)))
+        self.state.save(checkpoint_state(self.epoch, self.model, self.stateful,
+                                         self.train_loader, self.best_prec1, self.results,
+                                         self.identity, batch=batch + 1, progress=self.meters))
+        if sample is not None:
+            save_sample(self.model, self.sample_dir, sample)
+        self.results.save()
+        if signum:
+            raise Interrupted(signum, after_write=True)
+
+    def _signal(self, batch):
+        """The signal that asks the run to stop after this step, or None. Under torchrun the
+        processes agree (one collective) at the steps where a line is printed or a checkpoint is
+        due, the epoch's last included: every process stops at the same step."""
+        if world()[1] == 1:
+            return take_pending_signal()
+        meters = self.meters
+        if not (batch % meters.print_freq == 0 or batch == meters.n - 1
+                or self.sampling.checkpoint_due(self.state.epoch, batch)):
+            return None
+        return all_reduce_max(take_pending_signal() or 0, self.device) or None
 
     def end_epoch(self, progress, reestimate=False, *, before=None, **after):
         """After an epoch's training: the authors' evaluation (and with ``reestimate`` the
@@ -249,19 +336,21 @@ class Run:
         row = dict(epoch=self.state.epoch + 1, train_loss=progress.loss,
                    train_acc=progress.accuracy, test_loss=test_loss, test_acc=prec1,
                    **(before or {}), train_time=train_time, time=time.time() - self.epoch_start,
-                   images_per_s=progress.seen / max(train_time, 1e-9), **after, **bn_fields)
-        ckpt = self._save(row)
+                   images_per_s=(progress.seen - progress.seen_before) / max(train_time, 1e-9),
+                   **after, **bn_fields)
+        by_step = self.sampling.by_step
+        ckpt = self._save(row, sample=row["epoch"] if self.sample_dir and not by_step else None)
         if self.keep_every and row["epoch"] % self.keep_every == 0:
             atomic_torch_save(ckpt, os.path.join(self.save_dir, f"checkpoint_{row['epoch']}.pt"))
 
-    def _save(self, row):
+    def _save(self, row, sample=None):
         self.epoch = row["epoch"]
         self.results.add(save=False, **row)
         ckpt = checkpoint_state(self.epoch, self.model, self.stateful, self.train_loader,
                                 self.best_prec1, self.results, self.identity)
         self.state.save(ckpt)  # first: it holds the weights, so no failure loses the epoch
-        if self.sample_dir:
-            save_sample(self.model, self.sample_dir, self.epoch)
+        if sample is not None:
+            save_sample(self.model, self.sample_dir, sample)
         self.results.save()
         return ckpt
 
@@ -294,80 +383,3 @@ def remove_outputs(save_dir, outputs):
                 os.unlink(path)
         except OSError as e:
             raise files.WriteError(f"{path}: cannot remove it ({e.strerror})") from None
-
-
-# The flags a resume command leaves out (with their PATH where they take one)
-_START_FLAGS = ("--resume", "--resume-weights", "--resume_weights", "--overwrite", "--reuse")
-
-
-def _start_flag(token):
-    """Which of _START_FLAGS ``token`` spells, as argparse reads it (a unique prefix, as in
-    --overwri, or an exact name; with =PATH), or None."""
-    name = token.split("=", 1)[0]
-    if name in _START_FLAGS:
-        return name
-    hits = {f for f in _START_FLAGS if f.startswith(name) and len(name) > 2}
-    if len({h.replace("_", "-") for h in hits}) == 1:  # (argparse refused an ambiguous one)
-        return hits.pop().replace("_", "-")
-    return None
-
-
-def resume_command(argv):
-    """The command line that resumes a run started with ``argv``: from the save dir's checkpoint,
-    whatever --resume PATH, --overwrite or --reuse it was started with, spelt in full or not."""
-    args, skip = [], 0
-    for a in argv:
-        if skip == 2 or (skip == 1 and not a.startswith("-")):  # the PATH of --resume(-weights)
-            skip = 0
-            continue
-        flag = _start_flag(a) if a.startswith("--") else None
-        takes_path = "=" not in a and flag in ("--resume", "--resume-weights", "--resume_weights")
-        skip = (1 if flag == "--resume" else 2) if takes_path else 0
-        if flag is None:
-            args.append(a)
-    args.append("--resume")
-    script = os.path.relpath(sys.argv[0]) if sys.argv[0].endswith(".py") else "SCRIPT.py"
-    launcher = "torchrun ... " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "python "
-    return launcher + shlex.join([script, *args])
-
-
-def run_main(main, argv=None):
-    """Run a script's ``main(argv)`` as its command line does: bad input is one line on stderr and
-    exit status 2; a failed write one line and exit status 1; SIGINT and SIGTERM stop the run
-    (after an atomic write in progress) with one line that says where it stopped and how to resume
-    it, and exit status 130 or 143."""
-    import torch
-    import torch.distributed as dist
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    previous = files.install_signal_handlers()
-    # --deterministic switches process-wide settings: a caller running several mains gets its own back
-    settings = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
-                torch.backends.cudnn.benchmark)
-    try:
-        result = main(argv)
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()  # every process done before any tears the group down (Gloo aborts)
-        return result
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except files.WriteError as e:
-        again = (f"continue with: {resume_command(argv)}" if e.resumable
-                 else "run the same command again")
-        print(f"error: {e}{e.where}; fix the cause (space, permissions), then {again}",
-              file=sys.stderr)
-        sys.exit(1)
-    except files.Interrupted as e:
-        if is_main_process():
-            again = (f"resume with: {resume_command(argv)}" if e.resumable
-                     else "run the same command again")
-            print(f"stopped by {e}{e.where}; {again}", file=sys.stderr)
-        sys.exit(128 + e.signum)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        files.release_locks()
-        torch.use_deterministic_algorithms(settings[0])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = settings[1:]
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()

@@ -17,6 +17,7 @@ from .files import Unreadable, atomic_torch_save, check_output_file, safe_load
 from .optim import trainable_parameters
 from .progress import log
 from .records import samples_fingerprint
+from .sampling import describe_steps, sample_steps
 from .samples import (check_sample_range, check_state_matches, load_sample_matrix, load_state,
                       sample_path)
 
@@ -41,6 +42,7 @@ class Trajectory:
         # answer at once, not ten million numbers to hold
         self.range = range(start, end, step)
         self._epochs = self._fingerprint = None
+        self.steps = sample_steps(save_dir)  # {sample: global step} when sampled by step
 
     @property
     def epochs(self):
@@ -58,7 +60,9 @@ class Trajectory:
         return len(self.range)
 
     def describe(self):
-        return describe_sample_epochs(self.range, self.step)
+        """'0..80', with the global steps of samples taken by step: '0..50 (steps 0..50000)'."""
+        return describe_sample_epochs(self.range, self.step) + describe_steps(
+            self.steps, [self.range[0], self.range[-1]] if len(self.range) else [])
 
     def check_present(self):
         """Every sample exists; the error names the first missing one and those present."""

@@ -2,6 +2,7 @@ import hashlib
 import importlib
 import os
 import pickle
+import signal
 import subprocess
 import sys
 
@@ -182,6 +183,42 @@ def stop_training_at(monkeypatch, epoch, step):
         return update(progress, i, *args)
 
     monkeypatch.setattr(dldr.progress.EpochProgress, "update", stops)
+
+
+def descendants(pid):
+    """The processes started by ``pid``, and theirs (torchrun's workers run in sessions of their
+    own, so a process group does not hold them)."""
+    children = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def sigterm_at(monkeypatch, epoch, batch, children=False):
+    """A real SIGTERM to this process after the step on ``batch`` of ``epoch`` has begun; with
+    ``children``, to the processes it started too (its DataLoader workers), as a terminal's
+    Ctrl-C or a cluster's preemption signals every process of the job."""
+    import dldr.progress
+    update = dldr.progress.EpochProgress.update
+
+    def signalled(progress, i, *args):
+        if progress.epoch == epoch and i == batch:
+            for pid in descendants(os.getpid()) if children else []:
+                os.kill(pid, signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return update(progress, i, *args)
+
+    monkeypatch.setattr(dldr.progress.EpochProgress, "update", signalled)
 
 
 class Exploit:

@@ -57,7 +57,8 @@ def both_launches(tmp_path_factory, runs, data_args):
     First (``launch``): SGD sampling, then P-BFGS, P-SGD and TWA on its samples.
     Then (``zoo_launch``) the networks whose steps leave parameters without gradient
     (tests/tiny_models.py): stochastic depth's SGD straight for 2 epochs, and stopped after 1
-    then resumed; P-BFGS and P-SGD on its samples; nasnet's SGD; the generators probe."""
+    then resumed; P-BFGS and P-SGD on its samples; nasnet's SGD; the generators probe; its SGD
+    sampled every 2 steps, straight and stopped by a signal inside an epoch, then resumed."""
     tmp = tmp_path_factory.mktemp("ddp")
     save, audit = tmp / "save", tmp / "audit"
     audit.mkdir()
@@ -76,6 +77,12 @@ def both_launches(tmp_path_factory, runs, data_args):
                 ["train_sgd.py", *data_args, *ZOO, "--arch", "tiny_nasnet", "--epochs", 1,
                  "--lr", 0.05, "--save-dir", tmp / "nasnet"],
                 ["rng_probe"]]
+    # Samples every 2 steps: straight, then stopped by a SIGTERM to rank 1 alone inside epoch 1
+    # (after its batch 1, between samples) and resumed
+    steps = [*sd, "--epochs", 2, "--sample-every-steps", 2]
+    scripts += [["train_sgd.py", *steps, "--save-dir", tmp / "steps"],
+                ["sigterm", 1, 1, 1, "train_sgd.py", *steps, "--save-dir", tmp / "steps_stopped"],
+                ["train_sgd.py", *steps, "--save-dir", tmp / "steps_stopped", "--resume"]]
     stdout = run_in_torchrun(scripts, audit)
     marker = f"::: script {Z}\n"
     assert stdout.count(marker) == 1
@@ -196,7 +203,7 @@ def test_networks_that_leave_parameters_unused_train_under_torchrun(zoo_launch):
     adapters and stochastic depth's dropped blocks, which failed at the second step before."""
     from tiny_models import tiny_nasnet
     tmp, stdout, audit = zoo_launch
-    assert stdout.count("=> DDP finds unused parameters") == 4, stdout[-3000:]
+    assert stdout.count("=> DDP finds unused parameters") == 7, stdout[-3000:]  # 4 + the step runs
     assert "stochastic depth" in stdout and "parameter tensors take no part" in stdout
     nasnet = tiny_nasnet()
     unused = utils.unused_parameters(nasnet.train(), (2, 3, 32, 32))
@@ -222,6 +229,25 @@ def test_torchrun_resume_equals_the_straight_run(zoo_launch):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     ckpt = torch.load(tmp / "resumed" / "checkpoint.pt", weights_only=True)
     assert len(ckpt["rng"]["processes"]) == 2
+
+
+def test_a_signal_to_one_process_stops_both_at_one_step_and_the_resume_is_bit_for_bit(zoo_launch):
+    """SIGTERM to rank 1 alone during a step inside epoch 1: both processes stop after that step
+    with one checkpoint of it (the processes agree at the step's end), and the resumed run ends
+    with the samples and parameters of the run never stopped."""
+    tmp, zoo, audit = zoo_launch
+    # (the audit asserts in each process that the run stopped; rank 0 alone prints)
+    assert ("::: rank 0 stopped by SIGTERM during epoch 1; checkpoint.pt holds the run after 1 "
+            "epochs and 2 batches of the next") in zoo, zoo[-3000:]
+    straight, resumed = tmp / "steps", tmp / "steps_stopped"
+    assert utils.available_samples(str(straight)) == utils.available_samples(str(resumed)) == \
+        [0, 1, 2, 3]  # 3 batches an epoch: steps 2, 4 and 6
+    for k in range(4):
+        assert (straight / f"{k}.pt").read_bytes() == (resumed / f"{k}.pt").read_bytes(), k
+    assert torch.equal(final_params(audit, Z + 7), final_params(audit, Z + 9))
+    taken = json.loads((resumed / "results_sgd.json").read_text())["samples"]
+    assert [(t["sample"], t["epoch"], t["batch"], t["step"]) for t in taken] == \
+        [(0, 0, None, 0), (1, 0, 1, 2), (2, 1, 0, 4), (3, 1, 2, 6)]
 
 
 def test_each_process_keeps_its_own_generators(zoo_launch):

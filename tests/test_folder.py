@@ -10,7 +10,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 import utils
-from conftest import run_here
+from conftest import run_here, sigterm_at
 
 CLASSES = ("ant", "bee", "cat")
 ARCH = "shufflenet_v2_x0_5"  # torchvision's cheapest ImageNet model: 224x224 inputs on 2 CPU cores
@@ -114,3 +114,48 @@ def test_folder_end_to_end_sgd_pbfgs_psgd(image_folder, tmp_path, capsys):
         epochs = json.load(open(save / name))["epochs"]
         assert len(epochs) == 2 and all(math.isfinite(r["test_loss"]) for r in epochs), name
         assert math.isfinite(epochs[-1]["train_loss"]), name
+
+
+@pytest.mark.end_to_end  # five runs of a 224-pixel network (about 40 s): after the suite, in .ci/run
+def test_imagenet_sampled_by_step_resumes_with_workers_and_reads_in_the_authors_layout(
+        image_folder, tmp_path, monkeypatch, capsys):
+    """--datasets ImageNet sampled every 2 steps with 2 DataLoader workers (random crops and
+    flips): stopped by SIGTERM (to the workers too) inside epoch 1 and resumed, the samples are
+    those of the run never stopped (each image's augmentation comes from the seed, the epoch and
+    its index). The same
+    samples saved as the authors' main.py saves them under DataParallel ('module.' keys, no
+    record beside them) train P-BFGS from the basis they give; P-SGD trains from ours."""
+    arch = "squeezenet1_1"  # 4x faster than shufflenet here; its dropout draws are checkpointed
+    common = ["--datasets", "ImageNet", "--data-root", image_folder, "--arch", arch, "--device",
+              "cpu", "--batch-size", 4, "--print-freq", 1]
+    sgd = [*common, "--workers", 2, "--epochs", 2, "--lr", 0.01, "--sample-every-steps", 2]
+    straight, stopped, authors = tmp_path / "straight", tmp_path / "stopped", tmp_path / "authors"
+    assert run_here("train_sgd.py", *sgd, "--save-dir", straight) == 0
+    sigterm_at(monkeypatch, 1, 0, children=True)  # the workers too: they ignore it
+    assert run_here("train_sgd.py", *sgd, "--save-dir", stopped) == 128 + 15
+    monkeypatch.undo()
+    assert run_here("train_sgd.py", *sgd, "--save-dir", stopped, "--resume") == 0
+    assert "inside epoch 1, after its batch 0" in capsys.readouterr().out
+    samples = utils.available_samples(str(straight))
+    assert samples == utils.available_samples(str(stopped)) == [0, 1, 2, 3]  # 3 steps an epoch
+    for k in samples:
+        assert (straight / f"{k}.pt").read_bytes() == (stopped / f"{k}.pt").read_bytes(), k
+
+    authors.mkdir()
+    parallel = torch.nn.DataParallel(utils.new_model(arch, "ImageNet", 3)).state_dict().keys()
+    for k in samples:
+        state = torch.load(straight / f"{k}.pt", weights_only=True)
+        torch.save({f"module.{name}": value for name, value in state.items()}, authors / f"{k}.pt")
+        assert torch.load(authors / f"{k}.pt", weights_only=True).keys() == parallel
+    sub = [*common, "--workers", 0, "--params_end", 4, "--n_components", 2, "--epochs", 1]
+    assert run_here("train_pbfgs.py", *sub, "--save-dir", authors) == 0
+    model = utils.new_model(arch, "ImageNet", 3)
+    _, ratios = utils.subspace_basis(
+        utils.load_sample_matrix(str(straight), model, samples, arch).double(), 2)
+    run = json.load(open(authors / "results_pbfgs.json"))
+    np.testing.assert_allclose(run["explained_variance_ratio"], ratios.tolist(), rtol=1e-4)
+    assert math.isfinite(run["final"]["train_loss"])
+    assert run_here("train_psgd.py", *sub, "--lr", 0.01, "--save-dir", straight) == 0
+    run = json.load(open(straight / "results_psgd.json"))
+    assert run["sample_fingerprint"]["steps"] == [0, 2, 4, 6]
+    assert math.isfinite(run["final"]["train_loss"])

@@ -62,7 +62,7 @@ def test_a_failed_resume_of_a_finished_run_keeps_its_results(tmp_path, data_args
 def test_the_resume_command_drops_the_start_flags_however_abbreviated():
     """argparse takes unique prefixes (--overwri): the printed resume command must not keep one
     beside the --resume it adds (which then contradicts it)."""
-    from dldr.run import resume_command
+    from dldr.entry import resume_command
     cases = {("--overwri", "--save-dir", "x"): "--save-dir x --resume",
              ("--reu", "--lr", "1"): "--lr 1 --resume",
              ("--resume-w", "a.pt", "--epochs", "3"): "--epochs 3 --resume",

@@ -1,5 +1,6 @@
 """The run folder as a state machine (issue 33): random sequences of the scripts' real commands on
-one save dir, at toy size in this interpreter: SGD runs and reruns, P-SGD and P-BFGS runs with and
+one save dir, at toy size in this interpreter: SGD runs and reruns (sampled by epoch or every 2
+steps; a SIGTERM inside an epoch checkpoints it there), P-SGD and P-BFGS runs with and
 without tags, bases and a --basis-file, --resume, --overwrite, a P-SGD run from --resume-weights
 PSGD.pt (a file a later P-SGD --overwrite rewrites), a SIGTERM at a random step or write, deleted
 samples, damaged results and basis files. After every command:
@@ -182,15 +183,19 @@ class RunFolder(RuleBasedStateMachine):
         self.rewrite_start_file(None)  # and a P-SGD run, whose model from_weights starts from
         assert os.path.exists(self.path("PSGD.pt")), self.history
 
-    @rule(flag=FLAGS, stop=STOPS)
-    def sgd_command(self, flag, stop):
-        """SGD for 2 epochs, or --resume'd to 3 (the same command twice is refused)."""
-        self.sgd(3 if flag == "--resume" else 2, flag, stop)
+    @rule(flag=FLAGS, stop=STOPS, every=st.sampled_from([0, 0, 2]))
+    def sgd_command(self, flag, stop, every=0):
+        """SGD for 2 epochs, or --resume'd to 3 (the same command twice is refused); with
+        ``every``, sampled every 2 of its 3 steps an epoch (samples 0..3 in 2 epochs, 0..4 in 3;
+        a resume of the other sampling is refused)."""
+        self.sgd(3 if flag == "--resume" else 2, flag, stop, every)
 
-    def sgd(self, epochs, flag, stop):
+    def sgd(self, epochs, flag, stop, every=0):
         before = self.snapshot()
         old_results = self.results("results_sgd.json")
         argv = [*self.data(), "--epochs", epochs, "--lr", "0.05", "--batch-size", "16"]
+        if every:
+            argv += ["--sample-every-steps", every]
         code = self.run("train_sgd.py", argv + ([flag] if flag else []), stop)
         self.check_protected(before, {n for n in self.protected if sgd_file(n)}, flag, flag == "--overwrite" and code != 2,
                              {"results_sgd.json", "checkpoint.pt"})
@@ -206,7 +211,7 @@ class RunFolder(RuleBasedStateMachine):
         if code == 0 and sgd and "final" in sgd:
             # (not checkpoint.pt: SGD's checkpoint is its own to update)
             for name in ["results_sgd.json"] + [
-                    f"{e}.pt" for e in range(epochs + 1) if os.path.exists(self.path(f"{e}.pt"))]:
+                    f"{e}.pt" for e in utils.available_samples(self.save)]:
                 self.protected[name] = digest(self.path(name))
 
     def check_continued(self, old, new):

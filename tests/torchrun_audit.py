@@ -10,8 +10,10 @@ script (params_rank{RANK}_{i}.pt), so a test can check that only rank 0 wrote fi
 every rank ended with the same parameters.
 """
 import builtins
+import gc
 import importlib
 import os
+import signal
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,6 +80,34 @@ def rng_probe(argv):
     return draws
 
 
+def stopped_by_sigterm(argv):
+    """``sigterm RANK EPOCH BATCH SCRIPT ARGS`` in place of a script: SCRIPT runs with the scripts'
+    signal handlers, and process RANK alone sends itself SIGTERM during the step on batch BATCH
+    of epoch EPOCH. Every process must stop at the same step, after one checkpoint of it."""
+    from dldr import files
+    import dldr.progress
+    rank, epoch, batch, script, *args = argv
+    update = dldr.progress.EpochProgress.update
+
+    def signalled(progress, i, *rest):
+        if RANK == rank and progress.epoch == int(epoch) and i == int(batch):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return update(progress, i, *rest)
+
+    dldr.progress.EpochProgress.update = signalled
+    previous = files.install_signal_handlers()
+    try:
+        importlib.import_module(os.path.splitext(script)[0]).main(args)
+        raise AssertionError(f"rank {RANK}: {script} was not stopped")
+    except files.Interrupted as e:
+        print(f"::: rank {RANK} stopped by {e}{e.where}", flush=True)
+    finally:
+        dldr.progress.EpochProgress.update = update
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return None
+
+
 def main():
     sys.path.insert(0, ROOT)
     sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -98,6 +128,15 @@ def main():
                 print(f"::: script {i}", flush=True)
             if script == "rng_probe":
                 model = rng_probe(argv)
+            elif script == "sigterm":
+                stopped_by_sigterm(argv)
+                release_locks()
+                # The stopped run's DDP model is garbage now: collected here, in every process
+                # at once, not in the middle of the next run's collectives (which a stopped
+                # process, ending, never sees)
+                gc.collect()
+                dist.barrier()
+                continue
             else:
                 module = importlib.import_module(os.path.splitext(os.path.basename(script))[0])
                 model = module.main(argv)
