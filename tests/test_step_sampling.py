@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 import summarize
 import utils
-from conftest import SEED, run_here, sigterm_at
+from conftest import SEED, Stopped, run_here, sigterm_at, stop_training_at
 
 # 431 training images at batch 64: 7 batches an epoch, 14 steps in 2 epochs
 DIGITS = ["--datasets", "DIGITS", "--arch", "resnet8", "--device", "cpu", "--smalldatasets", 0.3,
@@ -200,3 +200,23 @@ def test_resuming_with_another_sampling_is_refused(folders, tmp_path, capsys):
                     "--save-dir", folders["epoch"], "--resume") == 2
     err = capsys.readouterr().err
     assert "--sample-every-steps 2 here, None there" in err, err
+
+
+def test_a_run_that_dies_resumes_from_its_last_checkpoint_every_n_steps(folders, tmp_path,
+                                                                        monkeypatch):
+    """--checkpoint-every-steps 4 on a per-epoch run: the process dies during the step on batch 5
+    of epoch 1 (step 13, nothing written at the death); its last checkpoint is step 12's, inside
+    epoch 1, and the resumed run ends as the run never stopped."""
+    died = tmp_path / "died"
+    stop_training_at(monkeypatch, 1, 5)
+    with pytest.raises(Stopped):
+        run_here("train_sgd.py", *DIGITS, "--checkpoint-every-steps", 4, "--save-dir", died)
+    monkeypatch.undo()
+    ckpt = torch.load(died / "checkpoint.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["batch"]) == (1, 5)  # step 12 = 7 + 5
+    assert utils.available_samples(str(died)) == [0, 1]
+    assert run_here("train_sgd.py", *DIGITS, "--checkpoint-every-steps", 4, "--save-dir", died,
+                    "--resume") == 0
+    for epoch in range(3):
+        assert same_bytes(died / f"{epoch}.pt", folders["epoch"] / f"{epoch}.pt"), epoch
+    assert results(died)["final"] == results(folders["epoch"])["final"]
