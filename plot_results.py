@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 import summarize  # noqa: E402
 import utils  # noqa: E402
-from dldr.sampling import describe_steps  # noqa: E402
+from dldr.sampling import describe_steps, steps_by_sample  # noqa: E402
 
 STYLE = {"sgd": ("SGD", "k", "-"), "psgd": ("P-SGD", "tab:blue", "-"),
          "pbfgs": ("P-BFGS", "tab:red", "-"), "twa": ("TWA", "tab:green", "-"),
@@ -124,8 +124,8 @@ def plot_explained_variance(samples, epochs=None, runs=None):
     for size in sizes:
         ax.axvline(size + 0.5, color="k", ls="--", lw=1,
                    label=f"k = {size}, the basis of {', '.join(methods)}")
-    taken = ((runs or {}).get("sgd") or {}).get("samples") or []  # by step: their steps too
-    steps = describe_steps({s["sample"]: s["step"] for s in taken}, [used[0], used[-1]])
+    taken = ((runs or {}).get("sgd") or {}).get("samples")  # by step: their steps too
+    steps = describe_steps(steps_by_sample(taken), [used[0], used[-1]])
     which = (f"samples {utils.describe_epochs(used)}{steps}, the DLDR basis's" if sizes else
              f"samples {utils.describe_epochs(used)}{steps}")
     ax.set(xlabel="principal direction", ylabel="explained variance ratio", ylim=(0, 1.02),

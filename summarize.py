@@ -1,11 +1,10 @@
 """Print a table of the runs in a save dir: each results file's final test accuracy (as the authors'
 scripts evaluate it, and with BatchNorm statistics re-estimated on the training data), its best
 epoch, final training loss and time. A results file made from other samples than those in the
-folder now is marked stale (a trajectory sampled by step is said so, with its steps), a
-subspace run whose diagnostics say it stalled (docs/files.md) is
+folder now is marked stale, a subspace run whose diagnostics say it stalled (docs/files.md) is
 marked STALLED with its figures below, one without a final evaluation UNFINISHED (with why, when
 it recorded it: a non-finite loss); one that cannot be read is named in one line, the others
-shown.
+shown. A trajectory sampled by step is said so in a last line, with its steps.
 
     python summarize.py SAVE_DIR
 """
@@ -168,8 +167,8 @@ def table(save_dir, loaded=None):
 
 def by_step(sgd):
     """The line that says how the SGD run's samples were taken, when by step (else None):
-    'samples 0..12 taken by step: every 1000 steps (rule steps), steps 0..12000, 5005 batches
-    an epoch; sample 12 at epoch 2, batch 1991'."""
+    'SGD samples 0..12 taken by step: every 1000 steps (rule steps), steps 0..12000, 5005
+    batches an epoch; the last at epoch 2, batch 1989'."""
     plan, taken = (sgd or {}).get("sampling"), (sgd or {}).get("samples")
     if not (isinstance(plan, dict) and isinstance(taken, list) and taken):
         return None

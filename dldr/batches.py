@@ -194,7 +194,7 @@ class _DeviceLoader:
         """Images in global batch ``i``: a DistributedSampler gives every process as many (it
         pads the split), so this process's batch times the number of processes."""
         per_process = len(self.sampler) if self.sampler is not None else len(self.loader.dataset)
-        size = self.loader.batch_size or self.loader.batch_sampler.batches.batch_size
+        size = self.loader.batch_sampler.batches.batch_size  # (the loader's own is None)
         return min(size, per_process - i * size) * world()[1]
 
     def __iter__(self):

@@ -80,11 +80,12 @@ class EpochProgress:
                 f"Prec@1 {100.0 * correct.item() / n:.3f} ({self.accuracy:.3f})\t"
                 f"{seen_here * self.processes / max(elapsed, 1e-9):.0f} img/s\tETA {format_eta(eta)}")
 
-    def check_all(self):
-        """The losses not yet tested are finite (before a checkpoint inside the epoch)."""
+    def check_all(self, i):
+        """The losses kept since the last test, up to step ``i``, are finite (check_finite's
+        test, and before a checkpoint inside the epoch)."""
         losses, self.unchecked = self.unchecked, []
         if losses and not torch.isfinite(torch.stack(losses)).all().item():
-            raise NonFiniteLoss(f"non-finite loss at epoch {self.epoch}")
+            raise NonFiniteLoss(f"non-finite loss at epoch {self.epoch}, by step {i}")
 
     # What a checkpoint inside the epoch keeps of the meters: the epoch's row is then the same
     _STATE = ("seen", "steps", "fetches", "batch_time", "data_time")
@@ -103,8 +104,9 @@ class EpochProgress:
         self.seen_before = self.seen  # img/s counts the images of this start only
 
     def finish(self):
-        """End of the epoch: under torchrun, loss, accuracy and images seen (and those seen before a
-        resume inside the epoch) become the totals over all processes (the progress lines during the epoch show rank 0's share)."""
+        """End of the epoch: under torchrun, loss, accuracy and images seen (and those seen before
+        a resume inside the epoch) become the totals over all processes (the progress lines
+        during the epoch show rank 0's share)."""
         if world()[1] > 1:
             device = self.loss_sum.device if self.loss_sum is not None else None
             totals = torch.tensor([0.0 if self.loss_sum is None else self.loss_sum.item(),
@@ -130,9 +132,7 @@ class EpochProgress:
         batch, before anything of the epoch is written."""
         self.unchecked.append(loss.detach())
         if i % self.print_freq == 0 or i == self.n - 1:
-            losses, self.unchecked = self.unchecked, []
-            if not torch.isfinite(torch.stack(losses)).all().item():
-                raise NonFiniteLoss(f"non-finite loss at epoch {self.epoch}, by step {i}")
+            self.check_all(i)
 
 
 @torch.no_grad()

@@ -295,10 +295,11 @@ class Run:
         step, after a checkpoint of this step. The sample's record goes into the checkpoint
         before the sample is written: a resume finds the sample or writes it again."""
         epoch, plan = self.state.epoch, self.sampling
-        signum = self._signal(batch)
-        if not (signum or plan.checkpoint_due(epoch, batch)):
+        due = plan.checkpoint_due(epoch, batch)
+        signum = self._signal(batch, due)
+        if not (signum or due):
             return
-        self.meters.check_all()  # no checkpoint of weights a non-finite loss has spoilt
+        self.meters.check_all(batch)  # no checkpoint of weights a non-finite loss has spoilt
         sample = None
         if plan.sample_due(epoch, batch):
             sample = self.results.data["samples"][-1]["sample"] + 1
@@ -313,15 +314,14 @@ class Run:
         if signum:
             raise Interrupted(signum, after_write=True)
 
-    def _signal(self, batch):
+    def _signal(self, batch, checkpoint_due):
         """The signal that asks the run to stop after this step, or None. Under torchrun the
         processes agree (one collective) at the steps where a line is printed or a checkpoint is
         due, the epoch's last included: every process stops at the same step."""
         if world()[1] == 1:
             return take_pending_signal()
         meters = self.meters
-        if not (batch % meters.print_freq == 0 or batch == meters.n - 1
-                or self.sampling.checkpoint_due(self.state.epoch, batch)):
+        if not (batch % meters.print_freq == 0 or batch == meters.n - 1 or checkpoint_due):
             return None
         return all_reduce_max(take_pending_signal() or 0, self.device) or None
 

@@ -74,15 +74,20 @@ def record(sample, epoch, batch, step):
     return {"sample": sample, "epoch": epoch, "batch": batch, "step": step}
 
 
+def steps_by_sample(taken):
+    """{sample number: global step} from a results file's ``samples`` record (``record``'s
+    entries); None without one (samples taken by epoch)."""
+    return {int(s["sample"]): int(s["step"]) for s in taken} if taken else None
+
+
 def sample_steps(save_dir):
-    """{sample number: global step} of a trajectory sampled by step, from its results_sgd.json;
-    None for one sampled by epoch (or without a readable record: an authors' folder)."""
+    """``steps_by_sample`` of the trajectory in ``save_dir``, from its results_sgd.json; None for
+    one sampled by epoch (or without a readable record: an authors' folder)."""
     import json
     import os
     try:
         with open(os.path.join(save_dir, "results_sgd.json")) as f:
-            taken = json.load(f).get("samples")
-        return {int(s["sample"]): int(s["step"]) for s in taken} if taken else None
+            return steps_by_sample(json.load(f).get("samples"))
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
 

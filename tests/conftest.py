@@ -1,3 +1,4 @@
+import contextlib
 import hashlib
 import importlib
 import os
@@ -204,10 +205,12 @@ def descendants(pid):
     return found
 
 
-def sigterm_at(monkeypatch, epoch, batch, children=False):
-    """A real SIGTERM to this process after the step on ``batch`` of ``epoch`` has begun; with
-    ``children``, to the processes it started too (its DataLoader workers), as a terminal's
-    Ctrl-C or a cluster's preemption signals every process of the job."""
+@contextlib.contextmanager
+def sigterm_during_step(epoch, batch, children=False):
+    """Within it, a real SIGTERM to this process during the step on ``batch`` of ``epoch`` (the
+    real signal path of run_main, as a cluster's preemption sends it); with ``children``, to the
+    processes it started too (its DataLoader workers), as a terminal's Ctrl-C or a scheduler
+    signals every process of the job."""
     import dldr.progress
     update = dldr.progress.EpochProgress.update
 
@@ -218,7 +221,9 @@ def sigterm_at(monkeypatch, epoch, batch, children=False):
             os.kill(os.getpid(), signal.SIGTERM)
         return update(progress, i, *args)
 
-    monkeypatch.setattr(dldr.progress.EpochProgress, "update", signalled)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dldr.progress.EpochProgress, "update", signalled)
+        yield
 
 
 class Exploit:

@@ -10,7 +10,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 import utils
-from conftest import run_here, sigterm_at
+from conftest import run_here, sigterm_during_step
 
 CLASSES = ("ant", "bee", "cat")
 ARCH = "shufflenet_v2_x0_5"  # torchvision's cheapest ImageNet model: 224x224 inputs on 2 CPU cores
@@ -118,7 +118,7 @@ def test_folder_end_to_end_sgd_pbfgs_psgd(image_folder, tmp_path, capsys):
 
 @pytest.mark.end_to_end  # five runs of a 224-pixel network (about 40 s): after the suite, in .ci/run
 def test_imagenet_sampled_by_step_resumes_with_workers_and_reads_in_the_authors_layout(
-        image_folder, tmp_path, monkeypatch, capsys):
+        image_folder, tmp_path, capsys):
     """--datasets ImageNet sampled every 2 steps with 2 DataLoader workers (random crops and
     flips): stopped by SIGTERM (to the workers too) inside epoch 1 and resumed, the samples are
     those of the run never stopped (each image's augmentation comes from the seed, the epoch and
@@ -131,9 +131,8 @@ def test_imagenet_sampled_by_step_resumes_with_workers_and_reads_in_the_authors_
     sgd = [*common, "--workers", 2, "--epochs", 2, "--lr", 0.01, "--sample-every-steps", 2]
     straight, stopped, authors = tmp_path / "straight", tmp_path / "stopped", tmp_path / "authors"
     assert run_here("train_sgd.py", *sgd, "--save-dir", straight) == 0
-    sigterm_at(monkeypatch, 1, 0, children=True)  # the workers too: they ignore it
-    assert run_here("train_sgd.py", *sgd, "--save-dir", stopped) == 128 + 15
-    monkeypatch.undo()
+    with sigterm_during_step(1, 0, children=True):  # the workers too: they ignore it
+        assert run_here("train_sgd.py", *sgd, "--save-dir", stopped) == 128 + 15
     assert run_here("train_sgd.py", *sgd, "--save-dir", stopped, "--resume") == 0
     assert "inside epoch 1, after its batch 0" in capsys.readouterr().out
     samples = utils.available_samples(str(straight))

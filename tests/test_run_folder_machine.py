@@ -35,10 +35,9 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule,
                                  run_state_machine_as_test)
 
-import dldr.progress
 import summarize
 import utils
-from conftest import run_here, write_mnist
+from conftest import run_here, sigterm_during_step, write_mnist
 
 SAMPLES = (0, 1, 2)  # the basis's samples (--params_end 3), sample 0 the restart
 METHODS = {"psgd": "train_psgd.py", "pbfgs": "train_pbfgs.py"}
@@ -68,16 +67,12 @@ def sigterm_at(stop):
     """SIGTERM to this process at training step (epoch, i) or at the n-th file replaced by an
     atomic write (a signal that lands while a write is under way waits for it): the real signal
     path of run_main, as a cluster's preemption sends it."""
+    if stop and stop[0] == "step":
+        with sigterm_during_step(stop[1], stop[2]):
+            yield
+        return
     with pytest.MonkeyPatch.context() as mp:
-        if stop and stop[0] == "step":
-            update = dldr.progress.EpochProgress.update
-
-            def stops(progress, i, *args):
-                if progress.epoch == stop[1] and i == stop[2]:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                return update(progress, i, *args)
-            mp.setattr(dldr.progress.EpochProgress, "update", stops)
-        elif stop:
+        if stop:
             replace, count = os.replace, [0]
 
             def replaces(*args, **kwargs):

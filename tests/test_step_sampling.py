@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 import summarize
 import utils
-from conftest import SEED, Stopped, run_here, sigterm_at, stop_training_at
+from conftest import SEED, Stopped, run_here, sigterm_during_step, stop_training_at
 
 # 431 training images at batch 64: 7 batches an epoch, 14 steps in 2 epochs
 DIGITS = ["--datasets", "DIGITS", "--arch", "resnet8", "--device", "cpu", "--smalldatasets", 0.3,
@@ -156,16 +156,15 @@ def test_pbfgs_and_psgd_train_from_a_step_sampled_folder(folders, tmp_path, caps
 @pytest.mark.parametrize("sampling", [["--sample-every-steps", 3], []],
                          ids=["every 3 steps", "every epoch"])
 def test_sigterm_inside_an_epoch_checkpoints_that_step_and_resumes_bit_for_bit(
-        folders, sampling, tmp_path, monkeypatch, capsys):
+        folders, sampling, tmp_path, capsys):
     stopped = tmp_path / "stopped"
-    sigterm_at(monkeypatch, 1, 4)
-    assert run_here("train_sgd.py", *DIGITS, *sampling, "--save-dir", stopped) == 128 + 15
+    with sigterm_during_step(1, 4):
+        assert run_here("train_sgd.py", *DIGITS, *sampling, "--save-dir", stopped) == 128 + 15
     err = capsys.readouterr().err
     assert "stopped by SIGTERM during epoch 1; checkpoint.pt holds the run after 1 epochs and 5 " \
            "batches of the next; resume with: " in err, err
     ckpt = torch.load(stopped / "checkpoint.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["batch"]) == (1, 5)
-    monkeypatch.undo()
     # --epochs 1 would end it with half of epoch 1 trained: refused, nothing written
     assert run_here("train_sgd.py", *DIGITS, *sampling, "--epochs", 1, "--save-dir", stopped,
                     "--resume") == 2
