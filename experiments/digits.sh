@@ -2,7 +2,7 @@
 # The paper's claims tested on scikit-learn's DIGITS (offline, CPU), in the paper's proportions;
 # experiments/report.py writes REPRODUCTION.md and its figures from the measured runs.
 #
-#   experiments/digits.sh                all runs (roughly 4 hours on 2 cores), then the report
+#   experiments/digits.sh                all runs (roughly 6 hours on 2 cores), then the report
 #   REPORT_ONLY=1 experiments/digits.sh  rebuild the report from the runs already in RUNS_DIR
 #
 # Proportions (the paper: 150 SGD epochs, first LR drop at 100, basis from samples 0..80 with 40
@@ -11,7 +11,9 @@
 # directions as samples; P-BFGS and P-SGD budgets of 20/150 and 40/150 of SGD's. For every noise
 # level and seed: SGD sampling, then P-BFGS and P-SGD for every size, and the fifth claim: P-SGD
 # and P-BFGS restarted from the first sample after the LR drop, in the subspace of the samples
-# after the drop; at noise 0 also the random-basis control for every size. Beside them, on the
+# after the drop; at noise 0 also the random-basis control for every size. The sizes other than
+# the main one (MAIN_K, below) run on the seeds of SWEEP_SEEDS only (the first five), as the
+# report reads them: every verdict but the size sweep's own rows reads all seeds. Beside them, on the
 # same samples: TWA (train_twa.py with its recipe: the span, from the mean, 10/200 of SGD's
 # epochs as in its CIFAR setting) and SWA (swa.py), from the samples before the drop and from the
 # late ones; TWA also at its recipe's batch 128 (results_twa_b128.json; the others run at 64, as
@@ -32,7 +34,8 @@
 # seeded and single-threaded (THREADS=1), on torch's AVX2 kernels (DLDR_KERNELS=avx2, as run.sh's
 # demo; native: torch's own choice); a run made with another kernel set is made again.
 # Settings (environment variables, defaults in brackets):
-#   SEEDS ["1 2 ... 10"]  NOISES ["0 0.2 0.4"]  SIZES ["4 8 12"]  ARCH [resnet20]  SGD_EPOCHS [30]
+#   SEEDS ["1 2 ... 10"]  SWEEP_SEEDS [the first five of SEEDS]  NOISES ["0 0.2 0.4"]
+#   SIZES ["4 8 12"]  ARCH [resnet20]  SGD_EPOCHS [30]
 #   SMALL [unset: --smalldatasets fraction, for quick checks]  JOBS [nproc]  THREADS [1]
 #   RUNS_DIR [experiments/runs/digits]  REPORT [REPRODUCTION.md]  PYTHON [python]
 #   DLDR_KERNELS [avx2]
@@ -41,6 +44,15 @@ cd "$(dirname "$0")/.."
 
 export PY=${PYTHON:-python}
 export SEEDS=${SEEDS:-"1 2 3 4 5 6 7 8 9 10"} NOISES=${NOISES:-"0 0.2 0.4"} SIZES=${SIZES:-"4 8 12"}
+read -ra seed_list <<< "$SEEDS"
+export SWEEP_SEEDS=${SWEEP_SEEDS:-"${seed_list[*]:0:5}"}
+for seed in $SWEEP_SEEDS; do
+    if [[ " ${seed_list[*]} " != *" $seed "* ]]; then
+        echo "SWEEP_SEEDS=\"$SWEEP_SEEDS\": seed $seed is not in SEEDS=\"$SEEDS\"; the size" \
+             "sweep's seeds must be some of the report's" >&2; exit 2
+    fi
+done
+[[ -z ${SWEEP_SEEDS// } ]] && { echo "SWEEP_SEEDS is empty: name at least one of SEEDS" >&2; exit 2; }
 export ARCH=${ARCH:-resnet20} SGD_EPOCHS=${SGD_EPOCHS:-30} SMALL=${SMALL:-}
 export RUNS_DIR=${RUNS_DIR:-experiments/runs/digits}
 REPORT=${REPORT:-REPRODUCTION.md}
@@ -153,6 +165,8 @@ subspace_jobs() {  # seed by seed: an interrupted script leaves whole seeds done
     local first_noise=${NOISES%% *}
     for seed in $SEEDS; do for noise in $NOISES; do
         for k in $SIZES; do
+            # the sweep's other sizes on its seeds only
+            [[ $k != "$MAIN_K" && " $SWEEP_SEEDS " != *" $seed "* ]] && continue
             echo "pbfgs $noise $seed $k"; echo "psgd $noise $seed $k"
             [[ $noise == "$first_noise" ]] && echo "random $noise $seed $k"
         done
@@ -190,5 +204,5 @@ if [[ -z "${REPORT_ONLY:-}" ]]; then
 fi
 
 "$PY" experiments/report.py "$RUNS_DIR" --output "$REPORT" --seeds $SEEDS --noises $NOISES \
-    --sizes $SIZES
+    --sizes $SIZES --sweep-seeds $SWEEP_SEEDS
 echo "report written to $REPORT"

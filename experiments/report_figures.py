@@ -34,10 +34,11 @@ def seed_legend(Line2D):
             Line2D([], [], marker="x", ls="", color="0.3", ms=6, label="a seed (stalled)")]
 
 
-def sizes_figure(table, noise, seeds, sizes, path, is_stalled):
+def sizes_figure(table, noise, seeds, seeds_for, sizes, path, is_stalled):
     """Test accuracy against subspace size at ``noise``: DLDR P-SGD and P-BFGS and the random
     basis, both evaluations (filled / solid: as the authors evaluate; hollow / dashed: BatchNorm
-    re-estimated), every seed a point ('x' when it stalled) and the medians joined by a line."""
+    re-estimated), every seed of ``seeds_for(k)`` a point ('x' when it stalled) and the medians
+    joined by a line; SGD's median over ``seeds``."""
     plt, Line2D = figure_modules()
     from matplotlib.ticker import FixedLocator
     fig, ax = plt.subplots(figsize=(10, 4.4))
@@ -52,10 +53,10 @@ def sizes_figure(table, noise, seeds, sizes, path, is_stalled):
         for i, (key, how) in enumerate(EVALUATIONS):
             dx = (len(EVALUATIONS) * m + i - (slots - 1) / 2) * step
             xs = [k + dx for k in sizes]
-            runs = {k: [table[noise, s][f"{method}_k{k}"] for s in seeds] for k in sizes}
+            runs = {k: [table[noise, s][f"{method}_k{k}"] for s in seeds_for(k)] for k in sizes}
             medians = [median([r["final"][key] for r in runs[k]]) for k in sizes]
-            seed_points(ax, [x for x in xs for _ in seeds], [r for k in sizes for r in runs[k]],
-                        key, color, i == 0, is_stalled)
+            seed_points(ax, [x for x, k in zip(xs, sizes) for _ in runs[k]],
+                        [r for k in sizes for r in runs[k]], key, color, i == 0, is_stalled)
             handles += ax.plot(xs, medians, "-" if i == 0 else "--", color=color, lw=1.2,
                                label=f"{label} ({how}), median")
     sgd = values(table, noise, seeds, "sgd", final("test_acc"))

@@ -85,18 +85,23 @@ def verdict(comparisons):
     return "Inconclusive"
 
 
-def rule_text(n_seeds, n_test):
-    """The rule as the report states it, with the margins in test images."""
+def rule_text(n_seeds, n_test, n_sweep=None):
+    """The rule as the report states it, with the margins in test images; ``n_sweep``: the seeds
+    of the size sweep's other sizes, where fewer."""
     image = 100.0 / n_test
+    counts = [(n_seeds, "")] + ([(n_sweep, " for the sweep's other sizes")]
+                                if n_sweep and n_sweep != n_seeds else [])
     return (f"Each claim is made of comparisons (of a method, noise level or size, as its rule "
             f"says), each judged seed by seed: each seed's run against the same seed's reference "
             f"(its SGD run, its restart sample, its SWA) or a fixed bar. \"Above\" means at least "
             f"+1 point ({1 / image:.1f} test images of {n_test}), \"within 2 points\" at least -2 "
             f"points ({2 / image:.1f} images); a tie is counted as a tie. A comparison **holds** "
-            f"when it passes in at least ⌈{HOLDS_SHARE:g} N⌉ of the N seeds "
-            f"({math.ceil(HOLDS_SHARE * n_seeds)} of {n_seeds}) and its median difference passes; "
-            f"it **does not hold** when it passes in at most ⌊{FAILS_SHARE:g} N⌋ "
-            f"({math.floor(FAILS_SHARE * n_seeds)}) or its opposite holds; otherwise it is "
+            f"when it passes in at least ⌈{HOLDS_SHARE:g} N⌉ of the N seeds ("
+            + "; ".join(f"{math.ceil(HOLDS_SHARE * n)} of {n}{what}" for n, what in counts)
+            + f") and its median difference passes; it **does not hold** when it passes in at "
+            f"most ⌊{FAILS_SHARE:g} N⌋ ("
+            + "; ".join(f"{math.floor(FAILS_SHARE * n)}{what}" for n, what in counts)
+            + f") or its opposite holds; otherwise it is "
             f"**inconclusive**; an \"above\" comparison where both sides' medians are within 1 point "
             f"of 100% **cannot be tested**. Each comparison gives its count, the median of the "
             f"per-seed differences with their range, and the one-sided sign-test p (the chance of "

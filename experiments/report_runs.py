@@ -104,14 +104,14 @@ def sensitivity_names(main_k):
 
 
 def collect(runs_dir, seeds, noises, names):
-    """{(noise, seed): {name: results}} of the runs ``names(noise)`` and the results files missing
-    or unfinished."""
+    """{(noise, seed): {name: results}} of the runs ``names(noise, seed)`` and the results files
+    missing or unfinished."""
     table, missing = {}, []
     for noise in noises:
         for seed in seeds:
             folder = os.path.join(runs_dir, f"noise{noise}_seed{seed}")
             found = {}
-            for name in names(noise):
+            for name in names(noise, seed):
                 path = os.path.join(folder, f"results_{name}.json")
                 r = load(path) if os.path.exists(path) else {}
                 if "final" in r:
@@ -188,5 +188,3 @@ def provenance(table):
             f"{'; '.join(sorted(cpus))}")
 
 
-def total_runs(noises, seeds, sizes):
-    return len(noises) * len(seeds) * len(sizes)

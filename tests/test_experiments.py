@@ -334,6 +334,61 @@ def test_the_sensitivity_runs_are_rows_and_asides_not_verdicts(prepared):
             "the faithful lr 2") in text
 
 
+
+def test_the_size_sweep_may_run_on_fewer_seeds_and_says_on_which(tmp_path):
+    """Issue 34: the sizes other than the main one on the sweep's seeds only; every verdict on
+    the main size still reads all seeds, and the sweep's rows and comparisons say their seeds."""
+    prepare_runs(tmp_path / "runs")
+    for noise in NOISES:
+        for name in ("psgd_k4", "pbfgs_k4") + (("psgd_random_k4",) if noise == "0" else ()):
+            os.remove(tmp_path / "runs" / f"noise{noise}_seed2" / f"results_{name}.json")
+    make = lambda sweep: report.report(str(tmp_path / "runs"), SEEDS, NOISES, SIZES,  # noqa: E731
+                                       "sizes.png", str(tmp_path), "methods.png", sweep)
+    with pytest.raises(SystemExit, match=r"5 results files missing or unfinished, first "
+                                         r".*noise0_seed2/results_psgd_k4.json"):
+        make(None)
+    text = make(["1"])
+    assert "(from the 8-direction basis), median" in text  # no larger size to read beyond it
+    assert ("and a sweep: 4, 8; sizes other than 8 on seeds 1 only, to save CPU time (the verdicts "
+            "read size 8, every seed, apart from claim 3's other sizes) |") in text
+    assert "(2 of 2; 1 of 1 for the sweep's other sizes)" in text
+    # The sweep's rows: seed 1 alone (0.5 below the prepared value); the main size's: both seeds
+    assert "| P-SGD, 4 DLDR directions (seeds 1) | 98.0 | 98.1 | 90.5 | 90.5 |" in text
+    assert "| P-SGD, 8 DLDR directions | 98.5 (98.0–99.0) | 98.6 (98.1–99.1) |" in text
+    assert ("| P-SGD, 4 random directions (seeds 1) | 9.5, 0 of 1 trained | 10.5, 0 of 1 trained | "
+            "n/a | n/a |") in text
+    blocks = claims_of(text)
+    assert "P-SGD k=4 98.0% (seeds 1)" in blocks[2] and "P-SGD k=8 98.5%, " in blocks[2]
+    assert "k=4 below 50%: 1 of 1 seeds" in blocks[3] and "k=8 below 50%: 2 of 2 seeds" in blocks[3]
+    assert "the null 90.3 (90.3–90.4)%; at least 90%: 2 of 2 seeds" in blocks[1]
+    assert "k=4 91.5% (seeds 1), k=8 92.0%" in blocks[4]
+    # P-BFGS's swings at noise 0, over its 6 runs: 2 sizes x 2 noises on seed 1, 1 x 2 on seed 2
+    assert ("in 3 of 6 runs (noise 0 seed 1 k=4, noise 0 seed 1 k=8, noise 0 seed 2 k=8)"
+            in text)
+    assert (tmp_path / "sizes.png").exists() and (tmp_path / "methods.png").exists()
+    # digits.sh makes the sweep's other sizes on its seeds only, the main size on every seed
+    env = digits_env(tmp_path, SEEDS="1 2 3", SWEEP_SEEDS="1 3")
+    made = {os.path.relpath(r, tmp_path / "runs") for r, _, _ in digits_jobs(env)}
+    for seed in "123":
+        for noise in NOISES:
+            assert (f"noise{noise}_seed{seed}/results_pbfgs_k4.json" in made) == (seed != "2")
+            assert f"noise{noise}_seed{seed}/results_pbfgs_k8.json" in made
+        assert (f"noise0_seed{seed}/results_psgd_random_k4.json" in made) == (seed != "2")
+    # Its default: the first five seeds; a seed not in SEEDS refused before anything runs
+    env = digits_env(tmp_path, SEEDS="1 2 3 4 5 6 7")
+    made = {os.path.relpath(r, tmp_path / "runs") for r, _, _ in digits_jobs(env)}
+    assert {f for f in made if f.endswith("results_psgd_k4.json")} == {
+        f"noise{n}_seed{s}/results_psgd_k4.json" for n in NOISES for s in "12345"}
+    out = subprocess.run(["bash", os.path.join(ROOT, "experiments", "digits.sh")],
+                         env=dict(env, SWEEP_SEEDS="1 9", LIST_JOBS="1"), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith('SWEEP_SEEDS="1 9": seed 9 is not in SEEDS="1 2 3 4 5 6 7"')
+    with pytest.raises(SystemExit) as e:
+        report.main([str(tmp_path / "runs"), "--output", str(tmp_path / "R.md"), "--seeds", "1",
+                     "2", "--sweep-seeds", "3"])
+    assert e.value.code == 2 and not (tmp_path / "R.md").exists()
+
 def stall(run, loss=2.25, gradient=4.11, distance=41.0, reach=18.0):
     """Make a prepared subspace run one that stalled: its training loss at a plateau near a
     guess's, coasting to ``distance`` from its start; its diagnostics recomputed."""
