@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from dldr import stall  # noqa: E402  (the subspace runs' stall rule)
-from reuse import NOT_DEFINING  # noqa: E402  (what does not change a run)
+from reuse import NOT_DEFINING, SCRIPTS, with_defaults  # noqa: E402  (how runs are compared)
 
 # digits.sh's sensitivity runs (not the paper's setting): P-SGD at the main size and TWA on the
 # head samples at this lr, their results files tagged with it
@@ -133,8 +133,9 @@ PER_FOLDER = {"randomseed", "corrupt"}  # the arguments that differ between fold
 
 def check_settings(table):
     """The report describes one setting: each run name must have been made with the same
-    arguments in every folder, and each folder's runs with its own seed and noise. Anything else
-    is an error naming the run, the folders and the arguments that differ."""
+    arguments in every folder (a flag a record lacks, added to the scripts since, at its
+    default: as digits.sh reuses runs), and each folder's runs with its own seed and noise.
+    Anything else is an error naming the run, the folders and the arguments that differ."""
     first = {}
     for (noise, seed), found in sorted(table.items()):
         folder = f"noise{noise}_seed{seed}"
@@ -146,7 +147,13 @@ def check_settings(table):
                     raise SystemExit(f"error: {folder}/results_{name}.json was made with --{key} "
                                      f"{args[key]}, not the folder's {want}; run "
                                      "experiments/digits.sh to make it again")
-            defining = {k: v for k, v in args.items() if k not in NOT_DEFINING | PER_FOLDER}
+            if run.get("method") not in SCRIPTS:
+                raise SystemExit(f"error: {folder}/results_{name}.json: method "
+                                 f"{run.get('method')!r} is none of the scripts' "
+                                 f"({', '.join(SCRIPTS)}); run experiments/digits.sh to make "
+                                 "it again")
+            defining = {k: v for k, v in with_defaults(args, SCRIPTS[run["method"]]).items()
+                        if k not in NOT_DEFINING | PER_FOLDER}
             if name not in first:
                 first[name] = folder, defining
                 continue

@@ -11,6 +11,7 @@ prints one line a job: STATUS<TAB>RESULTS<TAB>WHY, STATUS one of done (reuse it)
 run, unfinished: continue it from CHECKPOINT) and fresh (not made yet, or made otherwise: run it
 again, replacing what is there). One process for all the jobs: the scripts are imported once.
 """
+import functools
 import importlib
 import json
 import os
@@ -38,10 +39,21 @@ NOT_DEFINING = {"save_dir", "data_root", "print_freq", "workers", "resume", "ove
                 "evaluate", "basis_file"}
 
 
+# The script that writes a results file, by the file's "method"
+SCRIPTS = {"sgd": "train_sgd.py", "psgd": "train_psgd.py", "pbfgs": "train_pbfgs.py",
+           "twa": "train_twa.py", "swa": "swa.py"}
+
+
+@functools.lru_cache(maxsize=None)
+def parser_of(script):
+    """``script``'s (SCRIPT.py) argument parser."""
+    return importlib.import_module(os.path.basename(script)[:-3]).build_parser()
+
+
 def parse(argv):
     """(the arguments ``argv`` = [SCRIPT.py, ARG...] gives, as a results file records them (JSON
     values), the script's parser)."""
-    parser = importlib.import_module(os.path.basename(argv[0])[:-3]).build_parser()
+    parser = parser_of(argv[0])
     values = vars(parser.parse_args(argv[1:]))
     recorded_defaults(values)  # the data flags not given: the samples' run.json, as the scripts
     return json.loads(json.dumps(values)), parser
@@ -53,19 +65,21 @@ def default(parser, key):
     return json.loads(json.dumps(value.fallback if isinstance(value, FromRecord) else value))
 
 
+def with_defaults(recorded, script):
+    """The arguments ``recorded`` by a run of ``script`` (SCRIPT.py) with every flag the record
+    lacks (added to the script since) at its default: how a record is compared, here and in the
+    report."""
+    parser = parser_of(script)
+    return {**{key: default(parser, key) for key in vars(parser.parse_args([]))}, **recorded}
+
+
 def other_settings(recorded, argv):
     """The settings in which the arguments ``recorded`` (a results file's "args") differ from
-    those of the command ``argv``, as "name recorded -> wanted"; a flag the record lacks (added
-    to the scripts since) counts at its default."""
-    wanted, parser = parse(argv)
-    differ = []
-    for key, value in wanted.items():
-        if key in NOT_DEFINING:
-            continue
-        had = recorded.get(key, default(parser, key))
-        if had != value:
-            differ.append(f"{key} {had!r} -> {value!r}")
-    return differ
+    those of the command ``argv``, as "name recorded -> wanted"."""
+    wanted, _ = parse(argv)
+    had = with_defaults(recorded, argv[0])
+    return [f"{key} {had[key]!r} -> {value!r}" for key, value in wanted.items()
+            if key not in NOT_DEFINING and had[key] != value]
 
 
 def decide(results, checkpoint, argv, digests=None, kernels=None):

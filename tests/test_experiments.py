@@ -124,7 +124,8 @@ def prepare_runs(root, seeds=SEEDS):
             late = {"params_start": 21, "params_end": 31, "n_components": 5, "lr": 1.0,
                     "momentum": 0.9, "milestones": [6], "batch_size": 64}
             for m, epochs in (("psgd_late", 8), ("pbfgs_late", 4)):
-                runs[m] = diagnose(result(m, dict(late, epochs=epochs), FINAL[m][noise], seed,
+                runs[m] = diagnose(result(m[:-len("_late")], dict(late, epochs=epochs),
+                                          FINAL[m][noise], seed,
                                           START_LATE[noise]), GRADIENT[m], 2.0, 6.0, 21)
             twa = {"lr": 2.0, "weight_decay": 1e-5, "milestones": None, "batch_size": 64,
                    "epochs": 2, "train_start": "mean"}
@@ -680,6 +681,17 @@ def test_the_report_refuses_to_mix_runs_of_different_settings(tmp_path):
     path.write_text(json.dumps(dict(run, args=dict(run["args"], randomseed=1))))
     with pytest.raises(SystemExit, match=r"noise0.2_seed2/results_psgd_k4.json was made with "
                                          r"--randomseed 1, not the folder's 2"):
+        report.report(str(tmp_path / "runs"), SEEDS, NOISES, SIZES, "sizes.png", str(tmp_path))
+    path.write_text(json.dumps(run))
+    # A flag added to a script since a run was made counts at its default, as digits.sh reuses
+    # runs (SGD runs made before --sample-every-steps beside runs made after it)
+    rewrite(tmp_path / "runs", "0.2", "2", "sgd",
+            lambda r: r["args"].update(sample_every_steps=0, sample_rule="steps"))
+    report.report(str(tmp_path / "runs"), SEEDS, NOISES, SIZES, "sizes.png", str(tmp_path))
+    rewrite(tmp_path / "runs", "0.2", "2", "sgd", lambda r: r["args"].update(sample_every_steps=5))
+    with pytest.raises(SystemExit, match=r"results_sgd.json was made with other settings in "
+                                         r"noise0.2_seed2 than in noise0_seed1: "
+                                         r"sample_every_steps 0 / 5; the report does not mix"):
         report.report(str(tmp_path / "runs"), SEEDS, NOISES, SIZES, "sizes.png", str(tmp_path))
     # Without its sensitivity runs the report refuses, naming the first missing
     os.remove(tmp_path / "runs" / "noise0_seed1" / "results_twa_lr0.5.json")
